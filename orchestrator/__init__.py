@@ -1,0 +1,1 @@
+"""The wiring: CLI, Ray Tune/Train, MLflow. The science lives in `trainables/`."""

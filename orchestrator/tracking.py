@@ -1,0 +1,277 @@
+"""Everything MLflow, from one place: the driver.
+
+One experiment per lab, one parent run per study invocation, one child run per trial (nested in
+the UI through the `mlflow.parentRunId` tag). Only the driver writes, so a SQLite tracking store
+never sees concurrent writers however many trials run; metrics are buffered and flushed in
+batches, at most every `flush_s` seconds, so logging stays off the trials' critical path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from trainables.config import flatten, to_dict
+from trainables.context import FILES_DIR, STATE_FILE
+from trainables.plots import trial_figures
+
+log = logging.getLogger(__name__)
+
+# Tune's own bookkeeping in every result: not metrics of the experiment.
+TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid", "done",
+             "time_since_restore", "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint",
+             "trial_id", "date", "hostname", "node_ip", "experiment_tag", "config", "checkpoint_path"}
+MAX_BATCH = 900  # MLflow accepts up to 1000 metrics per log_batch
+
+
+def default_uri(launch_dir: Path) -> str:
+    """MLflow's own default store, `sqlite:///mlflow.db`, made absolute (trials may change directory)."""
+    return f"sqlite:///{(launch_dir / 'mlflow.db').resolve()}"
+
+
+def git_commit(repo: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else client.create_experiment(name)
+
+
+class MlflowTracker(tune.Callback):
+    """A Tune callback that owns the study's MLflow runs."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str],
+                 params: Mapping[str, Any], resolve: Callable[[Mapping[str, Any]], Any],
+                 compare: Callable[[list[dict]], Any] | None = None, metric: str = "val_acc", mode: str = "max",
+                 flush_s: float = 2.0) -> None:
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
+        self.experiment_id = experiment_id(self.client, experiment)
+        self.resolve, self.compare, self.metric, self.mode, self.flush_s = resolve, compare, metric, mode, flush_s
+        parent = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        self.parent_id = parent.info.run_id
+        self._log_params(self.parent_id, params)
+        self.runs: dict[str, str] = {}                 # trial id -> child run id
+        self.open: set[str] = set()                     # child runs not yet terminated
+        self.history: dict[str, list[dict[str, float]]] = {}
+        self.params: dict[str, dict[str, Any]] = {}     # trial id -> sampled params
+        self.files: dict[str, dict[str, Any]] = {}      # trial id -> small JSON files of its last checkpoint
+        self.pending: dict[str, list[Metric]] = {}
+        self.last_flush = time.monotonic()
+        self.closed = False
+        self.killed: list[str] = []  # child runs the study left unfinished (set by close)
+
+    # ------------------------------------------------------------------ Tune hooks (driver thread)
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.runs:  # a retried trial continues its run
+            return
+        run = self.client.create_run(self.experiment_id, run_name=trial.trial_id,
+                                     tags={"mlflow.parentRunId": self.parent_id, "trial_id": trial.trial_id,
+                                           "status": "running"})
+        self.runs[trial.trial_id] = run.info.run_id
+        self.open.add(run.info.run_id)
+        self.history[trial.trial_id] = []
+        self.params[trial.trial_id] = dict(trial.config)
+        self._log_params(run.info.run_id, to_dict(self.resolve(trial.config)))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        metrics = {k: float(v) for k, v in result.items()
+                   if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and math.isfinite(float(v))}
+        self.history.setdefault(trial.trial_id, []).append(metrics)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        now = int(time.time() * 1000)
+        batch = self.pending.setdefault(self.runs[trial.trial_id], [])
+        batch.extend(Metric(k, v, now, step) for k, v in metrics.items())
+        if time.monotonic() - self.last_flush > self.flush_s:
+            self.flush()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.pending and time.monotonic() - self.last_flush > self.flush_s:
+            self.flush()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.flush()
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None or run_id not in self.open:
+            return
+        last = trial.last_result or {}
+        finished = bool(last.get("done")) or "test_acc" in last or "test_loss" in last
+        self._log_figures(run_id, self.history.get(trial.trial_id, []))
+        self._log_checkpoint(run_id, trial, with_model=finished)
+        self.client.set_tag(run_id, "status", "finished" if finished else "stopped_early")
+        self.client.set_tag(run_id, "stopped_early", str(not finished).lower())
+        self._terminate(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.flush()
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None or run_id not in self.open:
+            return
+        error = str(getattr(trial, "error_file", "") or "")
+        self.client.set_tag(run_id, "status", "failed")
+        if error:
+            self.client.set_tag(run_id, "error_file", error[:5000])
+        self._terminate(run_id, "FAILED")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ driver-side API
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per trial that reported: sampled params, best/last metrics, run id."""
+        out = []
+        for trial_id, history in self.history.items():
+            if not history:
+                continue
+            last = dict(history[-1])
+            values = [h[self.metric] for h in history if self.metric in h]
+            if values:
+                last[f"best_{self.metric}"] = max(values) if self.mode == "max" else min(values)
+                last[self.metric] = last[f"best_{self.metric}"]
+            out.append({"trial_id": trial_id, "run_id": self.runs.get(trial_id), "params": self.params.get(trial_id, {}),
+                        "metrics": last, "files": self.files.get(trial_id, {})})
+        return out
+
+    def close(self, interrupted: bool = False) -> None:
+        """Ends every run still open: children KILLED (the study stopped under them), the parent
+        FINISHED, or KILLED when the study was interrupted. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        self.flush()
+        self.killed = sorted(self.open)
+        killed = bool(self.open)
+        for run_id in list(self.open):
+            self.client.set_tag(run_id, "status", "killed")
+            self._terminate(run_id, "KILLED")
+        rows = self.rows()
+        try:
+            self._summarise(rows)
+        except Exception as e:  # a summary must never turn a finished study into a failure
+            log.warning("study summary failed: %s", e)
+        self.client.set_terminated(self.parent_id, "KILLED" if (interrupted or killed) else "FINISHED")
+
+    def flush(self) -> None:
+        for run_id, batch in list(self.pending.items()):
+            for i in range(0, len(batch), MAX_BATCH):
+                self.client.log_batch(run_id, metrics=batch[i:i + MAX_BATCH])
+        self.pending.clear()
+        self.last_flush = time.monotonic()
+
+    # ------------------------------------------------------------------ helpers
+    def _terminate(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
+        self.open.discard(run_id)
+
+    def _log_params(self, run_id: str, values: Mapping[str, Any]) -> None:
+        params = [Param(k, str(v)[:6000]) for k, v in flatten(values).items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=params[i:i + 100])
+
+    def _log_figures(self, run_id: str, history: list[dict[str, float]]) -> None:
+        for name, fig in trial_figures(history).items():
+            self.client.log_figure(run_id, fig, f"figures/{name}")
+            _close(fig)
+
+    def _log_checkpoint(self, run_id: str, trial: Any, with_model: bool) -> None:
+        """Files the trainable put in its last checkpoint become artifacts; the model weights and
+        resolved config go to `checkpoint/model.pt` (optimizer state left out)."""
+        ckpt = trial.checkpoint
+        if ckpt is None and (path := (trial.last_result or {}).get("checkpoint_path")):
+            from ray.train import Checkpoint
+
+            ckpt = Checkpoint(path)  # a Ray Train checkpoint forwarded by ForwardToTune
+        if ckpt is None:
+            return
+        with ckpt.as_directory() as folder:
+            files = Path(folder) / FILES_DIR
+            if files.is_dir():
+                self.client.log_artifacts(run_id, str(files))
+                # Small JSON results (curves, per-class tables) also feed the parent-run comparison.
+                self.files[trial.trial_id] = {p.name: json.loads(p.read_text()) for p in files.glob("*.json")
+                                              if p.stat().st_size < 2**20}
+            state_file = Path(folder) / STATE_FILE
+            if with_model and state_file.exists():
+                state = torch.load(state_file, map_location="cpu", weights_only=True)
+                with tempfile.TemporaryDirectory() as tmp:
+                    torch.save({"model": state["model"], "config": state.get("config", {})}, Path(tmp) / "model.pt")
+                    self.client.log_artifact(run_id, str(Path(tmp) / "model.pt"), "checkpoint")
+
+    def _summarise(self, rows: list[dict[str, Any]]) -> None:
+        scored = [r for r in rows if self.metric in r["metrics"]]
+        if scored:
+            pick = max if self.mode == "max" else min
+            best = pick(scored, key=lambda r: r["metrics"][self.metric])
+            self.client.log_metric(self.parent_id, f"best_{self.metric}", best["metrics"][self.metric])
+            if "test_acc" in best["metrics"]:
+                self.client.log_metric(self.parent_id, "best_trial_test_acc", best["metrics"]["test_acc"])
+            self.client.set_tag(self.parent_id, "best_run_id", best["run_id"] or "")
+            self.client.set_tag(self.parent_id, "best_params", str(best["params"]))
+        self.client.log_metric(self.parent_id, "trials_reported", len(rows))
+        if self.compare is not None and rows:
+            fig = self.compare(rows)
+            if fig is not None:
+                self.client.log_figure(self.parent_id, fig, "figures/comparison.png")
+                _close(fig)
+        self.client.log_dict(self.parent_id, [{k: v for k, v in r.items() if k != "files"} for r in rows], "trials.json")
+
+
+def _close(fig: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+class Lookup:
+    """Read-only questions to MLflow that a study may ask before it runs (driver side)."""
+
+    def __init__(self, uri: str, workdir: Path) -> None:
+        self.client = MlflowClient(tracking_uri=uri)
+        self.workdir = workdir  # where downloads go: the study's storage, seen by every node
+
+    def latest_best_run(self, experiment: str, studies: Sequence[str]) -> str | None:
+        """The best finished trial run of the most recent invocation of any of `studies`."""
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        names = ", ".join(f"'{s}'" for s in studies)
+        parents = self.client.search_runs([exp.experiment_id], f"tags.study IN ({names})",
+                                          order_by=["attributes.start_time DESC"], max_results=20)
+        for parent in parents:
+            best = parent.data.tags.get("best_run_id")
+            if best and self.has_model(best):
+                return best
+        return None
+
+    def has_model(self, run_id: str) -> bool:
+        try:
+            return any(a.path.endswith("model.pt") for a in self.client.list_artifacts(run_id, "checkpoint"))
+        except Exception:
+            return False
+
+    def download_model(self, run_id: str, dest: Path) -> Path:
+        """Downloads `checkpoint/model.pt` of a run into dest; FileNotFoundError when it has none."""
+        try:
+            self.client.get_run(run_id)
+        except Exception:
+            raise FileNotFoundError(f"no MLflow run {run_id!r}") from None
+        if not self.has_model(run_id):
+            raise FileNotFoundError(f"MLflow run {run_id} has no checkpoint/model.pt")
+        dest.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, "checkpoint/model.pt", str(dest)))

@@ -1,0 +1,133 @@
+"""Ray connection and the Tune study: OptunaSearch (TPE, seeded) over the study's define-by-run
+space, ASHA where the study asks for it, per-trial resources, a checkpoint per epoch."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from .execution import TrialSpec, run_trial
+from .studies import Study
+
+
+def _live_cluster_address() -> str | None:
+    """The address of a Ray cluster running on this machine (`ray start`, `ray up`), if its GCS
+    answers; a stale address file left by a killed run is ignored."""
+    try:
+        from ray._private.services import get_ray_address_from_environment
+
+        address = get_ray_address_from_environment("auto", None)
+    except Exception:
+        return None
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return address
+    except (OSError, ValueError):
+        return None
+
+
+def connect_ray(address: str | None = None, num_cpus: int | None = None,
+                object_store_mb: int = 1024) -> str:
+    """Joins a running cluster (explicit address, RAY_ADDRESS, or one detected on this machine);
+    otherwise starts a private local Ray. Returns "cluster" or "local" (a tag of the parent run)."""
+    if ray.is_initialized():  # tests and notebooks that started Ray themselves
+        return "existing"
+    address = address or os.environ.get("RAY_ADDRESS") or _live_cluster_address()
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return "cluster"
+    ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_mb * 2**20, log_to_driver=True)
+    return "local"
+
+
+class PinnedTrial:
+    """Wraps an Optuna trial so that pinned parameters (`--set depth=8`) are not sampled: the space
+    code runs unchanged (conditional branches see the pinned value) and the sampler never learns
+    about a parameter that cannot vary."""
+
+    def __init__(self, trial: Any, pins: Mapping[str, Any]) -> None:
+        self._trial, self._pins = trial, pins
+        self.used: dict[str, Any] = {}
+
+    def _pinned(self, name: str, suggest: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if name in self._pins:
+            self.used[name] = self._pins[name]
+            return self._pins[name]
+        return suggest(name, *args, **kwargs)
+
+    def suggest_float(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._pinned(name, self._trial.suggest_float, *args, **kwargs)
+
+    def suggest_int(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._pinned(name, self._trial.suggest_int, *args, **kwargs)
+
+    def suggest_categorical(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._pinned(name, self._trial.suggest_categorical, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+
+@dataclass(frozen=True)
+class PinnedSpace:
+    """The study's space with pinned parameters; a class, not a closure, so that Tune can pickle
+    the searcher into its experiment state (needed to resume)."""
+
+    space: Callable[[Any], Any]
+    pins: Mapping[str, Any]
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        wrapped = PinnedTrial(trial, self.pins)
+        constants = self.space(wrapped) or {}
+        return {**constants, **wrapped.used}
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    num_samples: int
+    max_concurrent: int
+    seed: int
+    storage: str
+    name: str
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    verbose: int = 1
+
+
+def trial_resources(spec: TrialSpec, opts: TuneOptions) -> dict[str, float]:
+    if spec.uses_ray_train:
+        # The trial only drives TorchTrainer; its workers reserve their own CPUs/GPUs.
+        return {"cpu": 0.25}
+    return {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+
+
+def build_tuner(study: Study, spec: TrialSpec, opts: TuneOptions, callbacks: list[Any], epochs: int) -> tune.Tuner:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = OptunaSearch(space=PinnedSpace(study.space, dict(spec.pins)), metric=study.metric, mode=study.mode,
+                            sampler=optuna.samplers.TPESampler(seed=opts.seed))
+    search = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent)
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=min(study.grace_period, epochs),
+                               reduction_factor=2)
+                 if study.early_stopping else FIFOScheduler())
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), trial_resources(spec, opts))
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, search_alg=search, scheduler=scheduler,
+                                    num_samples=opts.num_samples),
+        run_config=tune.RunConfig(
+            name=opts.name, storage_path=opts.storage, callbacks=callbacks, verbose=opts.verbose,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        ),
+    )

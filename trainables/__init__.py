@@ -1,0 +1,1 @@
+"""The science: models, data, training loops. Imports neither ray nor mlflow."""

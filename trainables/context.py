@@ -1,0 +1,115 @@
+"""The small protocol a trainable receives, so one function runs in-process, in a Tune trial and in
+a Ray Train worker.
+
+The trainable calls `ctx.report(metrics, state=..., files=...)` once per epoch. `state` is a dict of
+tensors/plain values saved as the epoch's checkpoint (what `ctx.restore()` gives back after a
+retry); `files` maps a relative path to bytes (figures, configs) that travel inside that
+checkpoint, which is how they reach the tracker complete (a checkpoint is persisted before its
+result is seen by the driver; a trial's working folder is synced later, if at all).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import torch
+from torch import nn
+
+STATE_FILE = "state.pt"
+FILES_DIR = "files"
+
+
+class Context(Protocol):
+    device: torch.device
+    rank: int
+    world_size: int
+    data_dir: Path | None
+
+    def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None,
+               files: Mapping[str, bytes] | None = None) -> None: ...
+
+    def restore(self) -> dict[str, Any] | None: ...
+
+    def prepare_model(self, model: nn.Module) -> nn.Module: ...
+
+
+def write_checkpoint(folder: Path, state: Mapping[str, Any] | None, files: Mapping[str, bytes] | None) -> None:
+    """Lays a checkpoint out on disk: state.pt (torch.save) and files/<name>."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if state is not None:
+        torch.save(dict(state), folder / STATE_FILE)
+    for name, data in (files or {}).items():
+        path = folder / FILES_DIR / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def read_state(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / STATE_FILE
+    if not path.exists():
+        return None
+    # weights_only: a checkpoint is data, never code to run.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+
+
+def figure_bytes(fig: Any) -> bytes:
+    """PNG bytes of a matplotlib figure (closed afterwards, so long studies don't leak figures)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+@dataclass
+class LocalContext:
+    """In-process context for tests and notebooks: keeps reports in memory, checkpoints optional."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+    data_dir: Path | None = None
+    checkpoint_dir: Path | None = None
+    reports: list[dict[str, float]] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
+    last_state: dict[str, Any] | None = None
+
+    def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None,
+               files: Mapping[str, bytes] | None = None) -> None:
+        self.reports.append(dict(metrics))
+        self.files.update(files or {})
+        if state is not None:
+            self.last_state = dict(state)
+            if self.checkpoint_dir is not None:
+                write_checkpoint(self.checkpoint_dir, state, files)
+
+    def restore(self) -> dict[str, Any] | None:
+        if self.checkpoint_dir is None:
+            return None
+        return read_state(self.checkpoint_dir)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.reports[-1] if self.reports else {}
+
+
+def scratch_dir() -> Path:
+    """A fresh temporary folder for building a checkpoint before handing it to Ray."""
+    return Path(tempfile.mkdtemp(prefix="dla-ckpt-", dir=os.environ.get("DLA_TMP")))
