@@ -1,0 +1,43 @@
+"""Shared fixtures: one local Ray per test module (ray_start_4_cpus style), MLflow in a temp SQLite."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Fail fast instead of retrying worker start-up forever on a starved 2-core machine.
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private local Ray for the module (never joins another instance on the machine)."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, object_store_memory=300 * 2**20, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run_cli(tmp_path: Path, *args: str) -> int:
+    """Runs `run.py ARGS` in-process (on the module's Ray), with storage and MLflow under tmp_path."""
+    from orchestrator.cli import main
+
+    return main([*args, "--quiet", "--storage", str(tmp_path / "ray_results"),
+                 "--mlflow-uri", mlflow_uri(tmp_path)])
+
+
+def mlflow_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def runs(tmp_path: Path, experiment: str) -> Any:
+    """All runs of an experiment as a pandas DataFrame (mlflow.search_runs)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_uri(tmp_path))
+    return mlflow.search_runs(experiment_names=[experiment])

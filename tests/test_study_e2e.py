@@ -1,0 +1,39 @@
+"""A real Tune study through the CLI: OptunaSearch trials, MLflow parent + children read back."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import mlflow_uri, run_cli, runs
+
+pytestmark = pytest.mark.slow
+
+
+def test_residual_mlp_study_logs_parent_children_metrics_and_figures(ray_local, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = run_cli(tmp_path, "lab1", "--study", "residual-mlp", "--num-samples", "4", "--max-concurrent", "4",
+                 "--set", "epochs=3")
+    assert rc == 0
+    df = runs(tmp_path, "lab1")
+    parents = df[df["tags.mlflow.parentRunId"].isna()]
+    children = df[df["tags.mlflow.parentRunId"].notna()]
+    assert len(parents) == 1 and len(children) == 4
+    parent_id = parents.run_id.iloc[0]
+    assert (children["tags.mlflow.parentRunId"] == parent_id).all()
+    assert set(df.status) == {"FINISHED"}
+    assert parents["tags.study"].iloc[0] == "residual-mlp" and parents["tags.profile"].iloc[0] == "quick"
+    for col in ("params.depth", "params.residual", "params.lr", "params.dataset", "params.epochs"):
+        assert children[col].notna().all(), col
+    assert (children["params.epochs"] == "3").all()
+
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    for run_id in children.run_id:
+        history = client.get_metric_history(run_id, "val_acc")
+        assert sorted(m.step for m in history) == [1, 2, 3]
+        assert client.get_metric_history(run_id, "test_acc")
+        assert client.get_metric_history(run_id, "grad_norm/00")
+        figures = {a.path for a in client.list_artifacts(run_id, "figures")}
+        assert figures == {"figures/curves.png", "figures/grad_norms.png"}
+        assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/model.pt"]
+    assert {a.path for a in client.list_artifacts(parent_id, "figures")} == {"figures/comparison.png"}
