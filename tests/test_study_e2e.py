@@ -10,8 +10,9 @@ pytestmark = pytest.mark.slow
 
 def test_residual_mlp_study_logs_parent_children_metrics_and_figures(ray_local, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # 4 trials at 0.5 CPU each on the fixture's 4 CPUs: all run at once, all log through the driver.
     rc = run_cli(tmp_path, "lab1", "--study", "residual-mlp", "--num-samples", "4", "--max-concurrent", "4",
-                 "--set", "epochs=3")
+                 "--cpus-per-trial", "0.5", "--set", "epochs=3")
     assert rc == 0
     df = runs(tmp_path, "lab1")
     parents = df[df["tags.mlflow.parentRunId"].isna()]
@@ -24,6 +25,8 @@ def test_residual_mlp_study_logs_parent_children_metrics_and_figures(ray_local, 
     for col in ("params.depth", "params.residual", "params.lr", "params.dataset", "params.epochs"):
         assert children[col].notna().all(), col
     assert (children["params.epochs"] == "3").all()
+    # They really ran concurrently: some instant lies inside all four runs.
+    assert children.start_time.max() < children.end_time.min()
 
     import mlflow
 

@@ -124,18 +124,26 @@ def download_dataset(name: str, data_dir: Path) -> None:
         return
     if name not in TORCHVISION or has_dataset(name, data_dir):
         return
+    import torchvision
+
+    cls = getattr(torchvision.datasets, TORCHVISION[name])
+    created = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
-        try:
-            for train in (True, False):
-                _torchvision_arrays(name, Path(tmp), train=train, download=True)
-        except Exception as e:  # no network, checksum mismatch, ...
-            raise DataMissing(f"could not download {name} into {data_dir}: {type(e).__name__}: {e}") from None
-        for item in Path(tmp).iterdir():
-            target = data_dir / item.name
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            shutil.move(str(item), target)
+    try:
+        with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
+            for split in (("train", "test") if name == "svhn" else (True, False)):
+                kwargs = {"split": split} if name == "svhn" else {"train": split}
+                cls(tmp, download=True, **kwargs)
+            for item in Path(tmp).iterdir():
+                target = data_dir / item.name
+                if target.exists():
+                    shutil.rmtree(target) if target.is_dir() else target.unlink()
+                shutil.move(str(item), target)
+    except Exception as e:  # no network, checksum mismatch, disk full, ...
+        if created:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataMissing(f"could not download {name} into {data_dir}: {reason}") from None
 
 
 def raw_splits(name: str, data_dir: Path | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:

@@ -30,7 +30,8 @@ def curves(history: History) -> Figure | None:
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     fig.tight_layout()
     return fig
 

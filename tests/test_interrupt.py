@@ -1,0 +1,47 @@
+"""Ctrl-C during a study: exit 130 and no MLflow run left RUNNING."""
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _running_children(db: Path) -> int:
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute("SELECT COUNT(*) FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid "
+                               "WHERE t.key = 'mlflow.parentRunId' AND r.status = 'RUNNING'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_ctrl_c_ends_every_run(tmp_path):
+    db = tmp_path / "mlflow.db"
+    proc = subprocess.Popen([sys.executable, str(REPO / "orchestrator" / "run.py"), "lab1", "--study", "residual-mlp",
+                             "--set", "epochs=500", "--quiet", "--max-concurrent", "2"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while _running_children(db) < 1 and time.time() < deadline:
+            time.sleep(1)
+        assert _running_children(db) >= 1, "no trial started"
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-2000:]
+    assert "INTERRUPTED" in out
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    df = mlflow.search_runs(experiment_names=["lab1"])
+    assert len(df) >= 2 and "RUNNING" not in set(df.status)
+    assert set(df[df["tags.mlflow.parentRunId"].isna()].status) == {"KILLED"}

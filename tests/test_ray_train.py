@@ -1,0 +1,41 @@
+"""Trials under Ray Train: DDP across 2 CPU workers (gloo), and the forced TorchTrainer backend."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import mlflow_uri, run_cli, runs
+
+pytestmark = pytest.mark.slow
+
+
+def _children(tmp_path):
+    df = runs(tmp_path, "lab1")
+    return df[df["tags.mlflow.parentRunId"].notna()]
+
+
+def test_two_worker_trial_runs_ddp_with_replicas_in_sync(ray_local, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = run_cli(tmp_path, "lab1", "--study", "residual-mlp", "--num-samples", "1", "--workers-per-trial", "2",
+                 "--set", "epochs=2", "depth=2")
+    assert rc == 0
+    child = _children(tmp_path).iloc[0]
+    assert child.status == "FINISHED"
+    assert child["metrics.world_size"] == 2          # the function saw a world of two
+    assert child["metrics.workers_reported"] == 2    # both ranks reported
+    assert child["metrics.replicas_in_sync"] == 1    # and ended with identical weights
+    assert child["metrics.test_acc"] > 0.5
+
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    assert [a.path for a in client.list_artifacts(child.run_id, "checkpoint")] == ["checkpoint/model.pt"]
+
+
+def test_train_backend_ray_train_forces_torch_trainer_with_one_worker(ray_local, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = run_cli(tmp_path, "lab1", "--study", "mlp-capacity", "--num-samples", "1", "--set", "epochs=2",
+                 "train_backend=ray-train")
+    assert rc == 0
+    child = _children(tmp_path).iloc[0]
+    assert child.status == "FINISHED"
+    assert child["metrics.workers_reported"] == 1 and child["metrics.world_size"] == 1
