@@ -102,6 +102,9 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true", default=os.environ.get("DLA_OFFLINE") == "1",
                    help="never download; missing data is an error")
     p.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial from its checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="resume the newest interrupted invocation of each chosen study under --storage "
+                        "(its saved settings are used; finished trials are not rerun)")
     p.add_argument("--quiet", action="store_true", help="no Tune progress table")
 
 
@@ -214,13 +217,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         storage = str(Path(storage).resolve())
     check_storage(storage)
     data_dir = (args.data_dir or launch / "data").resolve()
-    if args.profile == "full":
+    from .session import latest_experiment, run_planned
+
+    resume = None
+    if args.resume:
+        resume = {p.study.key: latest_experiment(storage, p.study) for p in planned}
+        missing = [k for k, v in resume.items() if v is None]
+        if missing:
+            raise UsageError(f"--resume: no interrupted study {missing[0]} under {storage}")
+    elif args.profile == "full":
         check_data(planned, args.profile, data_dir, args.offline)
-
     # Only now: Ray, MLflow, results.
-    from .session import run_planned
-
-    return run_planned(planned, args, storage=storage, data_dir=data_dir, launch=launch)
+    return run_planned(planned, args, storage=storage, data_dir=data_dir, launch=launch, resume=resume)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

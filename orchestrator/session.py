@@ -1,25 +1,47 @@
-"""Runs planned studies one after another on a Ray connection, each logged to MLflow."""
+"""Runs planned studies one after another on a Ray connection, each logged to MLflow; resumes a
+study whose driver died (`--resume`)."""
 from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray import tune
 
 from .cli import REPO, Planned, UsageError
 from .execution import TrialSpec
-from .tracking import Lookup, MlflowTracker, default_uri, git_commit
-from .tuning import TuneOptions, build_tuner, connect_ray
+from .studies import Study, get_study
+from .tracking import Lookup, MlflowTracker, default_uri, find_parent, git_commit
+from .tuning import TuneOptions, build_tuner, connect_ray, make_trainable
+
+STATE_FILE = "dla_study.pkl"  # beside Tune's own state: what --resume needs to rebuild the study
+
+
+@dataclass(frozen=True)
+class StudyState:
+    spec: TrialSpec
+    opts: TuneOptions
+    profile: str
+
+
+def latest_experiment(storage: str, study: Study) -> Path | None:
+    """The newest Tune experiment folder of `study` under a local storage folder."""
+    root = Path(storage)
+    found = sorted(p.parent for p in root.glob(f"{study.lab}-{study.name}-*/{STATE_FILE}"))
+    return found[-1] if found else None
 
 
 def _describe_best(tracker: MlflowTracker, metric: str) -> str:
     rows = [r for r in tracker.rows() if metric in r["metrics"]]
     if not rows:
         return "no trial reported"
-    best = max(rows, key=lambda r: r["metrics"][metric]) if tracker.mode == "max" else min(rows, key=lambda r: r["metrics"][metric])
+    pick = max if tracker.mode == "max" else min
+    best = pick(rows, key=lambda r: r["metrics"][metric])
     params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(best["params"].items()))
     return f"best {metric}={best['metrics'][metric]:.4f} ({params}) over {len(rows)} trials"
 
@@ -28,16 +50,29 @@ def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def run_one(p: Planned, args: argparse.Namespace, *, storage: str, data_dir: Path, uri: str,
-            ray_mode: str, gpus: float) -> bool:
-    """Runs one study; returns False when it was interrupted."""
+def _fit(study: Study, tracker: MlflowTracker, tuner: tune.Tuner) -> bool:
+    """Runs the tuner; every MLflow run is ended whatever happens. False when interrupted."""
+    interrupted = True
+    try:
+        tuner.fit()
+        interrupted = False
+    finally:
+        tracker.close(interrupted=interrupted)
+    interrupted = bool(tracker.killed)
+    print(f"== {study.key}: {_describe_best(tracker, study.metric)}{' (INTERRUPTED)' if interrupted else ''}",
+          flush=True)
+    return not interrupted
+
+
+def start_study(p: Planned, args: argparse.Namespace, *, storage: str, data_dir: Path, uri: str,
+                ray_mode: str, gpus: float) -> bool:
     study = p.study
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"{study.lab}-{study.name}-{stamp}"
+    name = f"{study.lab}-{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    exp_dir = Path(storage) / name
     base = p.base
     if study.prepare is not None:
         try:
-            base = study.prepare(dict(base), Lookup(uri, Path(storage) / name / "inputs"))
+            base = study.prepare(dict(base), Lookup(uri, exp_dir / "inputs"))
         except (ValueError, FileNotFoundError) as e:
             raise UsageError(f"{study.key}: {e}") from None
     spec = TrialSpec(lab=study.lab, study=study.name, base=base, pins=p.pins, data_dir=str(data_dir),
@@ -46,10 +81,12 @@ def run_one(p: Planned, args: argparse.Namespace, *, storage: str, data_dir: Pat
                      max_failures=args.max_failures)
     num_samples = args.num_samples or study.num_samples[args.profile]
     opts = TuneOptions(num_samples=num_samples, max_concurrent=args.max_concurrent, seed=args.seed, storage=storage,
-                       name=name, cpus_per_trial=args.cpus_per_trial,
-                       gpus_per_trial=gpus, verbose=0 if args.quiet else 1)
+                       name=name, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus,
+                       verbose=0 if args.quiet else 1)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / STATE_FILE).write_bytes(pickle.dumps(StudyState(spec, opts, args.profile)))
     tags = {"lab": study.lab, "study": study.name, "profile": args.profile, "git_commit": git_commit(REPO),
-            "ray": ray_mode, "tune_experiment": os.path.join(storage, opts.name)}
+            "ray": ray_mode, "tune_experiment": str(exp_dir)}
     params = {"study": study.key, "profile": args.profile, "num_samples": num_samples,
               "max_concurrent": args.max_concurrent, "workers_per_trial": args.workers_per_trial,
               "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": gpus, "train_backend": spec.backend,
@@ -58,28 +95,43 @@ def run_one(p: Planned, args: argparse.Namespace, *, storage: str, data_dir: Pat
                             params=params, resolve=spec.resolve, compare=study.compare, metric=study.metric,
                             mode=study.mode)
     print(f"== {study.key} ({args.profile}): {num_samples} trials; MLflow parent run {tracker.parent_id}", flush=True)
-    interrupted = True
-    try:
-        tuner = build_tuner(study, spec, opts, [tracker], epochs=spec.resolve({}).epochs)
-        tuner.fit()
-        interrupted = False
-    finally:
-        tracker.close(interrupted=interrupted)
-    interrupted = any(run for run in tracker.killed)
-    print(f"== {study.key}: {_describe_best(tracker, study.metric)}"
-          f"{' (INTERRUPTED)' if interrupted else ''}", flush=True)
-    return not interrupted
+    return _fit(study, tracker, build_tuner(study, spec, opts, [tracker], epochs=spec.resolve({}).epochs))
 
 
-def run_planned(planned: list[Planned], args: argparse.Namespace, *, storage: str, data_dir: Path, launch: Path) -> int:
+def resume_study(exp_dir: Path, *, uri: str) -> bool:
+    """Restores the Tune experiment (trials, searcher state) and goes on with a fresh tracker that
+    reopens the invocation's parent run. Settings come from the saved study state, not the CLI."""
+    state: StudyState = pickle.loads((exp_dir / STATE_FILE).read_bytes())
+    spec, opts = state.spec, state.opts
+    study = get_study(spec.lab, spec.study)
+    parent = find_parent(uri, study.lab, str(exp_dir))
+    tracker = MlflowTracker(uri, experiment=study.lab, run_name="", tags={}, params={}, resolve=spec.resolve,
+                            compare=study.compare, metric=study.metric, mode=study.mode, reopen=parent) if parent \
+        else MlflowTracker(uri, experiment=study.lab, run_name=f"{study.name} [{state.profile}] (resumed)",
+                           tags={"lab": study.lab, "study": study.name, "profile": state.profile,
+                                 "tune_experiment": str(exp_dir)}, params={}, resolve=spec.resolve,
+                           compare=study.compare, metric=study.metric, mode=study.mode)
+    tuner = tune.Tuner.restore(str(exp_dir), trainable=make_trainable(spec, opts), resume_errored=True)
+    # tuner.pkl holds the dead driver's callbacks; the tracker must be this process's.
+    tuner._local_tuner.get_run_config().callbacks = [tracker]
+    print(f"== {study.key}: resuming {exp_dir}; MLflow parent run {tracker.parent_id}", flush=True)
+    return _fit(study, tracker, tuner)
+
+
+def run_planned(planned: list[Planned], args: argparse.Namespace, *, storage: str, data_dir: Path, launch: Path,
+                resume: dict[str, Path] | None = None) -> int:
     # Experiment state is saved after every result; with sub-second epochs Tune warns about it each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(launch)
     ray_mode = connect_ray(args.ray_address)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     for p in planned:
-        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (p.study.gpus_per_trial if has_gpu else 0.0)
-        if not run_one(p, args, storage=storage, data_dir=data_dir, uri=uri, ray_mode=ray_mode, gpus=gpus):
+        if resume is not None:
+            ok = resume_study(resume[p.study.key], uri=uri)
+        else:
+            gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (p.study.gpus_per_trial if has_gpu else 0.0)
+            ok = start_study(p, args, storage=storage, data_dir=data_dir, uri=uri, ray_mode=ray_mode, gpus=gpus)
+        if not ok:
             return 130
     print(f"MLflow: {uri}  (open it with: mlflow ui --backend-store-uri {uri})")
     return 0

@@ -58,14 +58,17 @@ class MlflowTracker(tune.Callback):
     def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str],
                  params: Mapping[str, Any], resolve: Callable[[Mapping[str, Any]], Any],
                  compare: Callable[[list[dict]], Any] | None = None, metric: str = "val_acc", mode: str = "max",
-                 flush_s: float = 2.0) -> None:
+                 flush_s: float = 2.0, reopen: str | None = None) -> None:
+        """`reopen`: the parent run id of an interrupted invocation being resumed (see `_reopen`)."""
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         self.experiment_id = experiment_id(self.client, experiment)
         self.resolve, self.compare, self.metric, self.mode, self.flush_s = resolve, compare, metric, mode, flush_s
-        parent = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
-        self.parent_id = parent.info.run_id
-        self._log_params(self.parent_id, params)
+        self.killed_before: dict[str, str] = {}         # trial id -> run the dead driver left behind
+        if reopen is None:
+            parent = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+            self.parent_id = parent.info.run_id
+            self._log_params(self.parent_id, params)
         self.runs: dict[str, str] = {}                 # trial id -> child run id
         self.open: set[str] = set()                     # child runs not yet terminated
         self.history: dict[str, list[dict[str, float]]] = {}
@@ -75,6 +78,28 @@ class MlflowTracker(tune.Callback):
         self.last_flush = time.monotonic()
         self.closed = False
         self.killed: list[str] = []  # child runs the study left unfinished (set by close)
+        if reopen is not None:
+            self._reopen(reopen)
+
+    def _reopen(self, parent_id: str) -> None:
+        """Resuming after the driver died: the parent runs again; children the dead driver left
+        RUNNING become KILLED (their trials restart from checkpoints in new runs that first copy the
+        old metric history); finished children are adopted so the summary covers every trial."""
+        self.parent_id = parent_id
+        self.client.update_run(parent_id, status="RUNNING")
+        children = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                           max_results=10_000)
+        for run in children:
+            trial_id = run.data.tags.get("trial_id", run.info.run_id)
+            if run.info.status == "RUNNING":
+                self.client.set_tag(run.info.run_id, "status", "killed")
+                self.client.set_tag(run.info.run_id, "killed_by", "driver lost")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                self.killed_before[trial_id] = run.info.run_id
+            elif run.info.status == "FINISHED":
+                self.runs[trial_id] = run.info.run_id
+                self.params[trial_id] = json.loads(run.data.tags.get("sampled", "{}"))
+                self.history[trial_id] = [dict(run.data.metrics)]
 
     # ------------------------------------------------------------------ Tune hooks (driver thread)
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -82,12 +107,22 @@ class MlflowTracker(tune.Callback):
             return
         run = self.client.create_run(self.experiment_id, run_name=trial.trial_id,
                                      tags={"mlflow.parentRunId": self.parent_id, "trial_id": trial.trial_id,
-                                           "status": "running"})
+                                           "status": "running", "sampled": json.dumps(trial.config, default=str)})
         self.runs[trial.trial_id] = run.info.run_id
         self.open.add(run.info.run_id)
         self.history[trial.trial_id] = []
         self.params[trial.trial_id] = dict(trial.config)
         self._log_params(run.info.run_id, to_dict(self.resolve(trial.config)))
+        if (old := self.killed_before.pop(trial.trial_id, None)) is not None:
+            self._copy_history(old, run.info.run_id, trial.trial_id)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A failed trial will be retried from its last checkpoint: its run stays open and continues."""
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is not None:
+            self.flush()
+            retries = int(self.client.get_run(run_id).data.tags.get("retries", "0")) + 1
+            self.client.set_tag(run_id, "retries", str(retries))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         metrics = {k: float(v) for k, v in result.items()
@@ -175,6 +210,19 @@ class MlflowTracker(tune.Callback):
         self.last_flush = time.monotonic()
 
     # ------------------------------------------------------------------ helpers
+    def _copy_history(self, old: str, new: str, trial_id: str) -> None:
+        """The resumed trial's new run starts with the metrics its killed run had logged."""
+        metrics: list[Metric] = []
+        for key in self.client.get_run(old).data.metrics:
+            metrics += self.client.get_metric_history(old, key)
+        by_step: dict[int, dict[str, float]] = {}
+        for m in metrics:
+            by_step.setdefault(m.step, {})[m.key] = m.value
+        self.history[trial_id] = [by_step[k] for k in sorted(by_step)]
+        for i in range(0, len(metrics), MAX_BATCH):
+            self.client.log_batch(new, metrics=metrics[i:i + MAX_BATCH])
+        self.client.set_tag(new, "resumed_from", old)
+
     def _terminate(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
         self.open.discard(run_id)
@@ -236,6 +284,16 @@ def _close(fig: Any) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def find_parent(uri: str, experiment: str, tune_experiment: str) -> str | None:
+    """The parent run of the study invocation that wrote Tune experiment `tune_experiment`."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.tune_experiment = '{tune_experiment}'", max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 class Lookup:

@@ -19,12 +19,13 @@ from .studies import Study
 
 
 def _live_cluster_address() -> str | None:
-    """The address of a Ray cluster running on this machine (`ray start`, `ray up`), if its GCS
-    answers; a stale address file left by a killed run is ignored."""
+    """The address of a cluster started with `ray start` on this machine (`ray up` does that on the
+    head), if its GCS answers. Only `ray start` writes that address file, so the private Ray of
+    another `run.py` on the same machine is never joined, and a stale file is ignored."""
     try:
-        from ray._private.services import get_ray_address_from_environment
+        from ray._private.services import find_bootstrap_address
 
-        address = get_ray_address_from_environment("auto", None)
+        address = find_bootstrap_address(None)
     except Exception:
         return None
     if not address:
@@ -112,6 +113,10 @@ def trial_resources(spec: TrialSpec, opts: TuneOptions) -> dict[str, float]:
     return {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
 
 
+def make_trainable(spec: TrialSpec, opts: TuneOptions) -> Any:
+    return tune.with_resources(tune.with_parameters(run_trial, spec=spec), trial_resources(spec, opts))
+
+
 def build_tuner(study: Study, spec: TrialSpec, opts: TuneOptions, callbacks: list[Any], epochs: int) -> tune.Tuner:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = OptunaSearch(space=PinnedSpace(study.space, dict(spec.pins)), metric=study.metric, mode=study.mode,
@@ -120,9 +125,8 @@ def build_tuner(study: Study, spec: TrialSpec, opts: TuneOptions, callbacks: lis
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=min(study.grace_period, epochs),
                                reduction_factor=2)
                  if study.early_stopping else FIFOScheduler())
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), trial_resources(spec, opts))
     return tune.Tuner(
-        trainable,
+        make_trainable(spec, opts),
         tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, search_alg=search, scheduler=scheduler,
                                     num_samples=opts.num_samples),
         run_config=tune.RunConfig(
