@@ -52,13 +52,14 @@ def _short(v: Any) -> str:
 
 def _fit(study: Study, tracker: MlflowTracker, tuner: tune.Tuner) -> bool:
     """Runs the tuner; every MLflow run is ended whatever happens. False when interrupted."""
-    interrupted = True
+    interrupted = False
     try:
-        tuner.fit()
-        interrupted = False
+        tuner.fit()  # Tune turns a first Ctrl-C into a graceful stop; a second one raises here
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         tracker.close(interrupted=interrupted)
-    interrupted = bool(tracker.killed)
+    interrupted = interrupted or bool(tracker.killed)
     print(f"== {study.key}: {_describe_best(tracker, study.metric)}{' (INTERRUPTED)' if interrupted else ''}",
           flush=True)
     return not interrupted

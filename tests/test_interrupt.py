@@ -28,7 +28,7 @@ def test_ctrl_c_ends_every_run(tmp_path):
     db = tmp_path / "mlflow.db"
     proc = subprocess.Popen([sys.executable, str(REPO / "orchestrator" / "run.py"), "lab1", "--study", "residual-mlp",
                              "--set", "epochs=500", "--quiet", "--max-concurrent", "2"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=tmp_path, stdout=open(tmp_path / "out.log", "w"), stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120
         while _running_children(db) < 1 and time.time() < deadline:
@@ -36,11 +36,12 @@ def test_ctrl_c_ends_every_run(tmp_path):
         assert _running_children(db) >= 1, "no trial started"
         time.sleep(3)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, out[-2000:]
-    assert "INTERRUPTED" in out
+    out = (tmp_path / "out.log").read_text()
+    assert proc.returncode == 130, out[-3000:]
+    assert "INTERRUPTED" in out, out[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     df = mlflow.search_runs(experiment_names=["lab1"])
     assert len(df) >= 2 and "RUNNING" not in set(df.status)
