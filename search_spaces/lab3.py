@@ -1,0 +1,41 @@
+"""Lab 3 search spaces (keys are `trainables.lab3.SentimentConfig` / `trainables.lab3_clip.ClipConfig` fields)."""
+from __future__ import annotations
+
+import optuna
+
+LORA_TARGETS = ["qv", "qkv", "qkvo", "all"]  # trainables.lab3_lora.PRESETS
+
+
+def sentiment_baseline(trial: optuna.Trial) -> None:
+    """Linear classifier on frozen [CLS] features: which one, how much regularisation."""
+    trial.suggest_categorical("classifier", ["svm", "logreg"])
+    trial.suggest_float("C", 1e-3, 10.0, log=True)
+
+
+def sentiment_finetune(trial: optuna.Trial) -> None:
+    """Full fine-tuning recipe. The lr range covers DistilBERT (2e-5..1e-4) and the tiny model (~1e-3)."""
+    trial.suggest_float("lr", 2e-5, 2e-3, log=True)
+    trial.suggest_categorical("epochs", [2, 3, 4])
+    trial.suggest_categorical("batch_size", [16, 32, 64])
+    trial.suggest_categorical("weight_decay", [0.0, 0.01, 0.1])
+
+
+def sentiment_lora(trial: optuna.Trial) -> None:
+    """LoRA: rank, scale numerator alpha, which projections get adapters, lr (adapters want more than
+    full fine-tuning: few parameters, zero-initialised B)."""
+    trial.suggest_categorical("lora_rank", [1, 2, 4, 8, 16, 32, 64])
+    trial.suggest_categorical("lora_alpha", [8.0, 16.0, 32.0])
+    trial.suggest_categorical("lora_targets", LORA_TARGETS)
+    trial.suggest_float("lr", 1e-4, 2e-2, log=True)
+
+
+def clip_zeroshot(trial: optuna.Trial) -> None:
+    """Prompt: the single template "a photo of a {}." or the template ensemble."""
+    trial.suggest_categorical("prompt", ["photo", "ensemble"])
+
+
+def clip_lora(trial: optuna.Trial) -> None:
+    """LoRA on CLIP's attention projections: which tower(s), rank 1..64, lr."""
+    trial.suggest_categorical("lora_towers", ["vision", "text", "both"])
+    trial.suggest_int("lora_rank", 1, 64, log=True)
+    trial.suggest_float("lr", 1e-4, 2e-2, log=True)
