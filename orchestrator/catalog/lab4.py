@@ -1,0 +1,49 @@
+"""Lab 4 studies: OOD detection, FGSM, FGSM adversarial training, targeted attacks.
+
+Quick profile: sklearn's 8x8 digits as in-distribution (OOD: uniform noise, FakeData, or held-out
+digit classes with `--set ood_set=heldout classes=0,1,2,3,4`), eps on the digits' scale
+(0.1 = 25.5/255). Full profile: CIFAR-10 in-distribution, CIFAR-100 (classes absent from CIFAR-10),
+SVHN or FakeData as OOD, ResNet-18, eps in {0, 1, 2, 4, 8, 16}/255.
+"""
+from __future__ import annotations
+
+from search_spaces import lab4 as spaces
+from trainables import lab4, lab4_plots
+
+from ..studies import Study
+
+DIGITS_GRID = (0.0, 0.025, 0.05, 0.1, 0.2, 0.3)  # pixel units: 0, 6.4, 12.8, 25.5, 51, 76.5 /255
+
+_QUICK = {"dataset": "digits", "model": "cnn", "width": 16, "depth": 1, "num_stages": 2, "epochs": 10,
+          "batch_size": 64, "lr": 3e-3, "val_fraction": 0.15, "eps_grid": DIGITS_GRID, "epsilon": 0.1,
+          "attack_step": 0.01, "attack_steps": 50, "max_eval": 0}
+_FULL = {"dataset": "cifar10", "model": "resnet18", "epochs": 30, "batch_size": 256, "optimizer": "sgd",
+         "lr": 0.05, "weight_decay": 5e-4, "crop_pad": 4, "flip": True, "val_fraction": 0.1,
+         "eps_grid": lab4.CIFAR_GRID, "epsilon": 8 / 255, "attack_step": 1 / 255, "attack_steps": 50,
+         "max_eval": 1000, "ae_width": 32, "ae_latent": 128, "ae_lr": 1e-3}
+
+STUDIES = [
+    Study("lab4", "ood", "Which score separates ID from OOD images best (MSP, max logit, energy, ODIN, autoencoder)?",
+          lab4.train, lab4.Lab4Config, spaces.ood,
+          {"quick": {**_QUICK, "task": "ood", "ood_set": "noise"},
+           "full": {**_FULL, "task": "ood", "ood_set": "cifar100"}},
+          {"quick": 6, "full": 20}, metric="val_auroc", early_stopping=False, gpus_per_trial=0.5,
+          compare=lab4_plots.ood_compare, datasets={"full": ("cifar10", "cifar100", "svhn")}),
+    Study("lab4", "fgsm", "How fast does accuracy fall with the FGSM budget, and what budget does an iterative attack need?",
+          lab4.train, lab4.Lab4Config, spaces.fgsm,
+          {"quick": {**_QUICK, "task": "fgsm", "width": 32}, "full": {**_FULL, "task": "fgsm"}},
+          {"quick": 4, "full": 6}, metric="val_acc", early_stopping=False, gpus_per_trial=0.5,
+          compare=lab4_plots.fgsm_compare, datasets={"full": ("cifar10",)}),
+    Study("lab4", "adv-train", "Does FGSM adversarial training (random start) buy robustness, and what does it do to OOD detection?",
+          lab4.train, lab4.Lab4Config, spaces.adv_train,
+          {"quick": {**_QUICK, "task": "adv-train", "ood_set": "noise", "epochs": 8},
+           "full": {**_FULL, "task": "adv-train", "ood_set": "cifar100", "epochs": 15, "mix": 1.0, "lr": 0.1}},
+          {"quick": 6, "full": 12}, metric="val_robust_acc", early_stopping=False, gpus_per_trial=0.5,
+          compare=lab4_plots.adv_train_compare, datasets={"full": ("cifar10", "cifar100")}),
+    Study("lab4", "targeted", "How large a budget does iterative targeted FGSM need, per target class?",
+          lab4.train, lab4.Lab4Config, spaces.targeted,
+          {"quick": {**_QUICK, "task": "targeted", "model": "mlp", "width": 64},
+           "full": {**_FULL, "task": "targeted"}},
+          {"quick": 6, "full": 10}, metric="val_acc", early_stopping=False, gpus_per_trial=0.5,
+          compare=lab4_plots.targeted_compare, datasets={"full": ("cifar10",)}),
+]

@@ -1,0 +1,37 @@
+"""Lab 4 search spaces (keys are `trainables.lab4.Lab4Config` fields).
+
+Every eps is an L-inf radius in pixel units of [0, 1] (8/255 = 0.0314). One space serves both
+profiles, so eps ranges span CIFAR's usual 1/255..16/255 and the larger radii that matter on 8x8
+digits (0.05..0.3); pin a narrower value with `--set epsilon=0.0314` where only one is wanted.
+"""
+from __future__ import annotations
+
+import optuna
+
+# ODIN's published grid (Liang et al. 2018): temperatures, and 21 input-step sizes in [0, 0.004].
+ODIN_TEMPERATURES = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+
+
+def ood(trial: optuna.Trial) -> None:
+    """ODIN's temperature and input-perturbation size, chosen on validation ID vs OOD images."""
+    trial.suggest_categorical("temperature", ODIN_TEMPERATURES)
+    trial.suggest_float("odin_eps", 0.0, 0.004, step=0.0002)
+
+
+def fgsm(trial: optuna.Trial) -> None:
+    """Architecture of the attacked classifier and the headline eps (single-step success rate,
+    iterative success within that budget); the whole accuracy-vs-eps grid is measured every trial."""
+    trial.suggest_categorical("model", ["mlp", "cnn"])
+    trial.suggest_float("epsilon", 1 / 255, 0.3, log=True)
+
+
+def adv_train(trial: optuna.Trial) -> None:
+    """FGSM-RS training radius and the adversarial fraction of each batch (mix = 0: standard training)."""
+    trial.suggest_float("epsilon", 2 / 255, 0.2, log=True)
+    trial.suggest_float("mix", 0.0, 1.0, step=0.25)
+
+
+def targeted(trial: optuna.Trial) -> None:
+    """Target class and L-inf budget of the iterative targeted attack."""
+    trial.suggest_int("target", 0, 9)
+    trial.suggest_float("epsilon", 1 / 255, 0.3, log=True)

@@ -1,0 +1,145 @@
+"""Lab 4's config, trainable plumbing (reports, files, resume) and parent-run figures, on tiny
+shrunk quick-profile configs (a second or two each, no Ray)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from orchestrator.studies import get_study, studies_of
+from trainables import lab4_plots
+from trainables.config import ConfigError, from_dict
+from trainables.context import LocalContext
+from trainables.lab4 import Lab4Config, collapsed, train
+from trainables.lab4_eval import eps_key
+
+TINY = {"model": "mlp", "width": 16, "epochs": 2, "eps_grid": (0.0, 0.1), "attack_steps": 5, "attack_step": 0.05,
+        "pgd_steps": 2, "max_eval": 64}
+
+
+def tiny(study: str, **overrides) -> Lab4Config:
+    return from_dict(Lab4Config, {**get_study("lab4", study).base_config("quick"), **TINY, **overrides})
+
+
+def run(cfg: Lab4Config, ctx: LocalContext | None = None) -> tuple[dict[str, float], LocalContext]:
+    torch.set_num_threads(1)
+    ctx = ctx or LocalContext()
+    return train(cfg, ctx), ctx
+
+
+_RUNS: dict[tuple[str, int], tuple[dict[str, float], LocalContext]] = {}
+
+
+def cached(study: str, seed: int) -> tuple[dict[str, float], LocalContext]:
+    """One tiny run per (study, seed), shared by the tests below (target 1 for `targeted`)."""
+    if (study, seed) not in _RUNS:
+        _RUNS[study, seed] = run(tiny(study, seed=seed, target=1))
+    return _RUNS[study, seed]
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"epsilon": 8}, "epsilon"),                      # 8 pixel levels meant as 8/255: out of [0, 1]
+    ({"eps_grid": "0,0.1,0.05"}, "eps_grid"),
+    ({"eps_grid": "0,1.5"}, "eps_grid"),
+    ({"mix": 1.5}, "mix"),
+    ({"ood_set": "heldout"}, "ood_set"),              # needs classes to hold some labels out
+    ({"ood_set": "svhn", "dataset": "digits"}, "ood_set"),
+    ({"task": "pgd"}, "task"),
+    ({"co_ratio": 1.0}, "co_ratio"),
+    ({"temperature": 0}, "temperature"),
+])
+def test_bad_config_values_name_their_key(values, key):
+    with pytest.raises(ConfigError, match=key):
+        from_dict(Lab4Config, values)
+
+
+def test_config_coerces_command_line_strings():
+    cfg = from_dict(Lab4Config, {"eps_grid": "0,0.0039,0.0314", "epsilon": "0.0314", "classes": "0,1,2,3,4",
+                                 "ood_set": "heldout", "random_start": "false"})
+    assert cfg.eps_grid == (0.0, 0.0039, 0.0314) and cfg.classes == (0, 1, 2, 3, 4) and not cfg.random_start
+
+
+def test_every_study_profile_is_a_valid_config():
+    for study in studies_of("lab4"):
+        for profile in ("quick", "full"):
+            cfg = from_dict(Lab4Config, study.base_config(profile))
+            assert cfg.task == study.name
+
+
+def test_target_beyond_the_classes_is_an_error():
+    with pytest.raises(ConfigError, match="target"):
+        run(tiny("targeted", classes=(0, 1, 2, 3, 4), target=7))
+
+
+def test_eps_keys_tell_the_cifar_grid_apart():
+    keys = [eps_key(e / 255) for e in (0, 1, 2, 4, 8, 16)]
+    assert keys == ["0.0000", "0.0039", "0.0078", "0.0157", "0.0314", "0.0627"]
+
+
+def test_collapse_rule():
+    cfg = Lab4Config()
+    assert not collapsed({"val_pgd_acc": 0.5, "val_fgsm_acc": 0.6}, 0.6, cfg)
+    assert collapsed({"val_pgd_acc": 0.2, "val_fgsm_acc": 0.3}, 0.6, cfg)     # PGD fell below half its best
+    assert collapsed({"val_pgd_acc": 0.02, "val_fgsm_acc": 0.5}, 0.03, cfg)   # FGSM-only robustness
+    assert not collapsed({"val_pgd_acc": 0.01, "val_fgsm_acc": 0.1}, 0.05, cfg)  # never robust: noise
+
+
+@pytest.mark.parametrize("study, metrics, files", [
+    ("ood", ["val_auroc", "auroc/ae", "aupr_in/msp", "aupr_out/energy", "fpr95/odin", "ae_val_loss"],
+     ["ood_curves.json", "figures/ood_histograms.png", "figures/ood_roc_pr.png"]),
+    ("fgsm", ["acc_eps/0.1000", "adv_acc", "success_rate", "iter_success_rate", "mean_linf"],
+     ["attack_curve.json", "figures/acc_vs_eps.png", "figures/fgsm_examples.png", "figures/iterative_examples.png"]),
+    ("adv-train", ["val_robust_acc", "fgsm_acc", "pgd_acc", "pgd_acc_eps/0.1000", "auroc/msp", "catastrophic_overfit",
+                   "val_pgd_acc"],
+     ["robustness.json", "ood_curves.json", "figures/robust_acc_vs_eps.png"]),
+    ("targeted", ["success_rate", "success_eps/0.1000", "success_from/0", "mean_linf"],
+     ["targeted.json", "figures/targeted_budget.png", "figures/targeted_examples.png"]),
+])
+def test_each_task_reports_every_epoch_and_its_evaluation_once(study, metrics, files):
+    final, ctx = cached(study, 0)
+    assert [r["epoch"] for r in ctx.reports] == [1, 2]
+    assert "test_acc" not in ctx.reports[0] and "test_acc" in final
+    for name in metrics:
+        assert name in final, name
+    assert set(files) | {"config.json"} <= set(ctx.files)
+    assert all(ctx.files[f][:4] == b"\x89PNG" for f in files if f.endswith(".png"))
+    assert json.loads(ctx.files["config.json"])["task"] == study
+
+
+def test_a_retried_trial_resumes_from_its_last_epoch(tmp_path):
+    cfg = tiny("adv-train", epochs=3, mix=0.5, epsilon=0.1)
+    first = LocalContext(checkpoint_dir=tmp_path)
+    train(from_dict(Lab4Config, {"epochs": 2}, base=cfg), first)  # "crashes" after 2 epochs
+    state = first.restore()
+    assert state["epoch"] == 1 and "best_model" in state
+    final, again = run(cfg, LocalContext(checkpoint_dir=tmp_path))
+    assert [r["epoch"] for r in again.reports] == [3] and "pgd_acc" in final
+
+
+def _rows(study: str, n: int = 2) -> list[dict]:
+    rows = []
+    for i in range(n):
+        final, ctx = cached(study, i)
+        files = {k: json.loads(v) for k, v in ctx.files.items() if k.endswith(".json") and "/" not in k}
+        rows.append({"trial_id": f"t{i}", "run_id": None, "params": {"epsilon": 0.05 * (i + 1), "target": i},
+                     "metrics": final, "files": files})
+    return rows
+
+
+@pytest.mark.parametrize("study, compare", [("ood", lab4_plots.ood_compare), ("fgsm", lab4_plots.fgsm_compare),
+                                            ("adv-train", lab4_plots.adv_train_compare),
+                                            ("targeted", lab4_plots.targeted_compare)])
+def test_parent_figures_draw_from_trial_rows(study, compare):
+    assert compare([]) is None
+    fig = compare(_rows(study))
+    assert isinstance(fig, Figure)
+
+
+@pytest.mark.parametrize("study", ["ood", "fgsm", "adv-train", "targeted"])
+def test_the_study_target_metric_is_in_every_report(study):
+    # Tune rejects a result without the search metric, so it cannot wait for the final evaluation.
+    _, ctx = cached(study, 0)
+    metric = get_study("lab4", study).metric
+    assert all(metric in r for r in ctx.reports)

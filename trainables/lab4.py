@@ -1,0 +1,325 @@
+"""Lab 4: OOD detection and adversarial robustness (FGSM, PGD, adversarial training, targeted attacks).
+
+One config, the task a field of it:
+  ood        classifier (+ autoencoder) on the ID set; OOD scores and detection metrics
+  fgsm       classifier; accuracy vs FGSM eps, single-step and iterative attacks
+  adv-train  classifier trained on FGSM-with-random-start examples (Wong et al. 2020); robustness
+             to FGSM and PGD, the OOD metrics of the robust model; early stop on catastrophic overfitting
+  targeted   classifier; iterative targeted FGSM toward `target`
+
+Every eps is an L-inf radius in pixel units of [0, 1]: the literature's "8/255" is 0.0314.
+
+In-process:  python -c "from trainables.lab4 import *; print(train(Lab4Config(task='fgsm'), LocalContext()))"
+Through the orchestrator: python orchestrator/run.py lab4 --study fgsm
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import lab4_eval
+from .attacks import fgsm, fgsm_rs, pgd
+from .config import check
+from .context import Context, json_bytes
+from .data import ImageData, Split, batches, load_image_data, to_float
+from .lab1 import Lab1Config, build_model
+from .ood import ConvAutoencoder
+from .training import evaluate, make_optimizer, make_scheduler, train_one_epoch, weights_digest
+
+Task = Literal["ood", "fgsm", "adv-train", "targeted"]
+OodSet = Literal["heldout", "noise", "fakedata", "cifar100", "svhn"]
+Score = Literal["msp", "msp_t", "maxlogit", "energy", "odin", "ae"]
+CIFAR_GRID = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
+
+
+@dataclass(frozen=True)
+class Lab4Config:
+    task: Task = "fgsm"
+    dataset: Literal["digits", "mnist", "cifar10", "synthetic"] = "digits"  # in-distribution data
+    classes: tuple[int, ...] = ()      # ID labels kept (relabelled 0..k-1); () = all
+    ood_set: OodSet = "noise"          # heldout = the ID dataset's other classes
+    # classifier, built by trainables.lab1.build_model
+    model: Literal["mlp", "cnn", "resnet18"] = "cnn"
+    width: int = 16                    # MLP hidden units / CNN channels of the first stage
+    depth: int = 1                     # MLP blocks / CNN blocks per stage
+    residual: bool = True
+    num_stages: int = 2
+    epochs: int = 10
+    batch_size: int = 64               # images per step
+    lr: float = 3e-3
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9              # SGD only
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine"] = "cosine"
+    crop_pad: int = 0                  # random-crop padding in pixels
+    flip: bool = False
+    val_fraction: float = 0.15         # of the training set, held out for selection
+    max_train: int = 0                 # cap on training images (0 = all)
+    # OOD scores
+    score: Score = "odin"              # its validation AUROC is `val_auroc`, the ood study's target
+    temperature: float = 1000.0        # T of msp_t and odin
+    odin_eps: float = 0.0014           # ODIN input step, pixel units
+    ae_width: int = 16                 # autoencoder channels (first conv)
+    ae_latent: int = 16                # autoencoder bottleneck size
+    ae_lr: float = 3e-3
+    # attacks (pixel units of [0, 1])
+    epsilon: float = 8 / 255           # FGSM / PGD radius, adversarial-training radius, targeted budget
+    eps_grid: tuple[float, ...] = CIFAR_GRID  # accuracy-vs-eps grid
+    attack_step: float = 1 / 255       # step of iterative FGSM
+    attack_steps: int = 50             # step budget of iterative FGSM
+    target: int = 0                    # class of the targeted attack
+    max_eval: int = 1000               # test images attacked (0 = all)
+    # adversarial training
+    mix: float = 0.5                   # fraction of each batch replaced by adversarial images (0 = standard)
+    alpha_ratio: float = 1.25          # FGSM-RS step = alpha_ratio * epsilon (Wong et al.)
+    random_start: bool = True          # False (with alpha_ratio=1): plain FGSM training, the CO-prone baseline
+    pgd_steps: int = 10                # PGD steps of the evaluation attack (step 2.5 * eps / steps)
+    co_ratio: float = 0.5              # PGD acc below co_ratio x its best = catastrophic overfitting
+    co_gap: float = 0.3                # ... or FGSM acc - PGD acc above this (on the probe batch)
+    co_batch: int = 256                # fixed validation images of the per-epoch PGD check
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("width", "depth", "num_stages", "epochs", "batch_size", "ae_width", "ae_latent",
+                    "attack_steps", "pgd_steps", "co_batch"):
+            check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("lr", "ae_lr", "temperature", "attack_step", "alpha_ratio"):
+            check(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
+        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        check(0 < self.val_fraction < 0.5, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
+        check(self.crop_pad >= 0 and self.max_train >= 0 and self.max_eval >= 0, "max_eval",
+              "crop_pad, max_train and max_eval must be >= 0")
+        check(0 <= self.odin_eps <= 1, "odin_eps", f"must be in [0, 1] (pixel units), got {self.odin_eps}")
+        check(0 <= self.epsilon <= 1, "epsilon", f"must be in [0, 1] (pixel units; 8/255 = 0.0314), got {self.epsilon}")
+        check(len(self.eps_grid) >= 1 and all(0 <= e <= 1 for e in self.eps_grid), "eps_grid",
+              f"needs values in [0, 1] (pixel units), got {self.eps_grid}")
+        check(list(self.eps_grid) == sorted(set(self.eps_grid)), "eps_grid", "must be increasing, without repeats")
+        check(0 <= self.mix <= 1, "mix", f"must be in [0, 1], got {self.mix}")
+        check(0 < self.co_ratio < 1, "co_ratio", f"must be in (0, 1), got {self.co_ratio}")
+        check(0 < self.co_gap <= 1, "co_gap", f"must be in (0, 1], got {self.co_gap}")
+        check(self.target >= 0, "target", f"must be >= 0, got {self.target}")
+        check(all(0 <= c <= 9 for c in self.classes), "classes", f"labels are 0..9, got {self.classes}")
+        check(self.ood_set != "heldout" or 0 < len(self.classes) < 10, "ood_set",
+              "heldout needs `classes` to keep some labels out (e.g. classes=0,1,2,3,4)")
+        check(self.ood_set not in ("cifar100", "svhn") or self.dataset == "cifar10", "ood_set",
+              f"{self.ood_set} is an OOD set for CIFAR-10 (3x32x32) only, not {self.dataset}")
+
+
+def load_data(cfg: Lab4Config, ctx: Context) -> ImageData:
+    return load_image_data(cfg.dataset, ctx.data_dir, ctx.device, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                           classes=cfg.classes, max_train=cfg.max_train)
+
+
+def build_classifier(cfg: Lab4Config, data: ImageData) -> nn.Module:
+    arch = Lab1Config(model=cfg.model, width=cfg.width, depth=cfg.depth, residual=cfg.residual,
+                      num_stages=cfg.num_stages)
+    return build_model(arch, data.shape, data.num_classes, data.mean, data.std)
+
+
+# ---------------------------------------------------------------------------------------- epochs
+def adversarial_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, split: Split, cfg: Lab4Config,
+                      epoch: int) -> tuple[float, float]:
+    """One epoch where the first round(mix * B) images of every shuffled batch are replaced by
+    FGSM-RS examples made on the fly against the current weights; returns (loss, accuracy)."""
+    net.train()
+    gen = torch.Generator(device=split.x.device).manual_seed(cfg.seed * 7919 + epoch)
+    total, correct, seen = 0.0, 0, 0
+    for x, y in batches(split, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, crop_pad=cfg.crop_pad,
+                        flip=cfg.flip):
+        k = round(cfg.mix * len(y))
+        if k and cfg.epsilon > 0:
+            x = torch.cat([fgsm_rs(net, x[:k], y[:k], cfg.epsilon, alpha_ratio=cfg.alpha_ratio,
+                                      random_start=cfg.random_start, gen=gen), x[k:]])
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    return total / max(seen, 1), correct / max(seen, 1)
+
+
+def autoencoder_epoch(ae: nn.Module, opt: torch.optim.Optimizer, split: Split, cfg: Lab4Config, epoch: int) -> float:
+    """One epoch of pixel-space MSE reconstruction; returns the mean training loss."""
+    ae.train()
+    total, seen = 0.0, 0
+    for x, _ in batches(split, cfg.batch_size, shuffle=True, seed=cfg.seed + 1, epoch=epoch):
+        loss = F.mse_loss(ae(x), x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(x)
+        seen += len(x)
+    return total / max(seen, 1)
+
+
+@torch.no_grad()
+def reconstruction_loss(ae: nn.Module, split: Split) -> float:
+    ae.eval()
+    x = to_float(split.x)
+    return F.mse_loss(ae(x), x).item()
+
+
+def robustness_probe(model: nn.Module, probe: tuple[torch.Tensor, torch.Tensor], cfg: Lab4Config) -> dict[str, float]:
+    """On a fixed validation batch: FGSM and PGD accuracy at the training eps (FGSM accuracy rising
+    while PGD accuracy collapses is catastrophic overfitting), and `val_robust_acc`, the mean PGD
+    accuracy over `eps_grid` (eps 0 = clean): adv-train's target, comparable across training eps."""
+    model.eval()
+    x, y = probe
+
+    def accuracy(x_adv: torch.Tensor) -> float:
+        with torch.no_grad():
+            return (model(x_adv).argmax(1) == y).float().mean().item()
+
+    grid = [accuracy(pgd(model, x, y, e, steps=cfg.pgd_steps, seed=cfg.seed)) for e in cfg.eps_grid]
+    return {"val_fgsm_acc": accuracy(fgsm(model, x, y, cfg.epsilon)),
+            "val_pgd_acc": accuracy(pgd(model, x, y, cfg.epsilon, steps=cfg.pgd_steps, seed=cfg.seed)),
+            "val_robust_acc": sum(grid) / len(grid)}
+
+
+def collapsed(probe: dict[str, float], best_pgd: float, cfg: Lab4Config, floor: float = 0.1) -> bool:
+    """Catastrophic overfitting (Wong et al. 2020), seen on the fixed validation batch either way:
+    PGD accuracy fell below `co_ratio` x its best so far, once that best was meaningful (>= floor;
+    below it a drop is sampling noise), or the model resists FGSM far better than PGD (accuracy gap
+    > `co_gap`): it has overfitted to the single-step attack instead of becoming robust."""
+    pgd_acc, fgsm_acc = probe["val_pgd_acc"], probe["val_fgsm_acc"]
+    return (best_pgd >= floor and pgd_acc < cfg.co_ratio * best_pgd) or fgsm_acc - pgd_acc > cfg.co_gap
+
+
+# ---------------------------------------------------------------------------------------- the trainable
+@dataclass
+class Models:
+    """What one trial trains and checkpoints: the classifier, and for `ood` the autoencoder."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    ae: nn.Module | None = None
+    ae_opt: torch.optim.Optimizer | None = None
+    best_pgd: float = -1.0                      # adv-train: best probe PGD accuracy so far ...
+    best_epoch: int = 0                         # ... its epoch (1-based) ...
+    best_weights: dict[str, Any] | None = None  # ... and its weights (restored on catastrophic overfitting)
+
+    def state(self, epoch: int, cfg: Lab4Config) -> dict[str, Any]:
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict(), "epoch": epoch, "config": asdict(cfg),
+                 "best_pgd": self.best_pgd, "best_epoch": self.best_epoch}
+        if self.best_weights is not None:
+            state["best_model"] = self.best_weights
+        if self.ae is not None:
+            state.update(ae=self.ae.state_dict(), ae_optimizer=self.ae_opt.state_dict())
+        return state
+
+    def load(self, state: dict[str, Any]) -> int:
+        """Restores a checkpoint; returns the epoch to continue from."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if self.ae is not None:
+            self.ae.load_state_dict(state["ae"])
+            self.ae_opt.load_state_dict(state["ae_optimizer"])
+        self.best_pgd, self.best_epoch = float(state["best_pgd"]), int(state["best_epoch"])
+        self.best_weights = state.get("best_model")
+        return int(state["epoch"]) + 1
+
+
+def build(cfg: Lab4Config, ctx: Context, data: ImageData) -> tuple[Models, nn.Module]:
+    """(models, net): net is the classifier as prepared by the context (what trains)."""
+    model = build_classifier(cfg, data)
+    net = ctx.prepare_model(model)
+    opt = make_optimizer(net.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    sched = make_scheduler(opt, cfg.schedule, cfg.epochs * -(-len(data.train) // cfg.batch_size))
+    models = Models(model, opt, sched)
+    if cfg.task == "ood":
+        models.ae = ConvAutoencoder(data.shape, cfg.ae_width, cfg.ae_latent).to(ctx.device)
+        models.ae_opt = torch.optim.Adam(models.ae.parameters(), lr=cfg.ae_lr)
+    return models, net
+
+
+def run_epoch(cfg: Lab4Config, m: Models, net: nn.Module, data: ImageData, epoch: int) -> dict[str, float]:
+    if cfg.task == "adv-train":
+        train_loss, train_acc = adversarial_epoch(net, m.opt, m.sched, data.train, cfg, epoch)
+    else:
+        train_loss, train_acc = train_one_epoch(net, m.opt, m.sched, data.train, batch_size=cfg.batch_size,
+                                                seed=cfg.seed, epoch=epoch, crop_pad=cfg.crop_pad, flip=cfg.flip)
+    val_loss, val_acc = evaluate(net, data.val)
+    metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+               "val_acc": val_acc, "lr": m.sched.get_last_lr()[0]}
+    if m.ae is not None:
+        metrics["ae_train_loss"] = autoencoder_epoch(m.ae, m.ae_opt, data.train, cfg, epoch)
+        metrics["ae_val_loss"] = reconstruction_loss(m.ae, data.val)
+    return metrics
+
+
+def check_overfitting(cfg: Lab4Config, m: Models, probe: tuple[torch.Tensor, torch.Tensor], epoch: int
+                      ) -> tuple[dict[str, float], bool]:
+    """adv-train: probe FGSM/PGD accuracy, remember the best-PGD weights; True = catastrophic overfitting."""
+    probed = robustness_probe(m.model, probe, cfg)
+    stop = cfg.mix > 0 and cfg.epsilon > 0 and collapsed(probed, m.best_pgd, cfg)
+    if probed["val_pgd_acc"] > m.best_pgd:
+        m.best_pgd, m.best_epoch = probed["val_pgd_acc"], epoch + 1
+        m.best_weights = copy.deepcopy(m.model.state_dict())
+    return probed, stop
+
+
+def train(cfg: Lab4Config, ctx: Context) -> dict[str, float]:
+    """Trains the classifier (and, for `ood`, the autoencoder), reporting per-epoch metrics with a
+    checkpoint; after the last epoch (or a catastrophic-overfitting stop) runs the task's evaluation
+    and reports it once, with its figures and JSON files."""
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg, ctx)
+    if cfg.task == "targeted":
+        check(cfg.target < data.num_classes, "target", f"must be < {data.num_classes} classes, got {cfg.target}")
+    m, net = build(cfg, ctx, data)
+    start = m.load(state) if (state := ctx.restore()) is not None else 0
+    probe = (to_float(data.val.x[:cfg.co_batch]), data.val.y[:cfg.co_batch])
+    ood = lab4_eval.load_ood(cfg, ctx, data) if cfg.task in ("ood", "adv-train") else None
+
+    metrics: dict[str, float] = {}
+    for epoch in range(start, cfg.epochs):
+        metrics = run_epoch(cfg, m, net, data, epoch)
+        if cfg.task == "ood":  # the target is tracked every epoch (Tune wants it in every result)
+            metrics.update(lab4_eval.val_auroc(cfg, m.model, m.ae, data, ood))
+        stop = False
+        if cfg.task == "adv-train":
+            probed, stop = check_overfitting(cfg, m, probe, epoch)
+            metrics.update(probed)
+        files = None
+        if stop or epoch + 1 == cfg.epochs:
+            if stop:  # Wong et al.'s remedy: keep the weights of the best PGD epoch
+                m.model.load_state_dict(m.best_weights)
+            final, files = final_evaluation(cfg, m.model, m.ae, data, ood)
+            metrics.update(final, weights_digest=weights_digest(m.model))
+            if cfg.task == "adv-train":
+                metrics.update(catastrophic_overfit=float(stop), co_epoch=float(epoch + 1 if stop else 0),
+                               best_pgd_epoch=float(m.best_epoch))
+            files["config.json"] = json_bytes(asdict(cfg))
+        ctx.report(metrics, state=m.state(epoch, cfg), files=files)
+        if stop:
+            break
+    return metrics
+
+
+def final_evaluation(cfg: Lab4Config, model: nn.Module, ae: nn.Module | None, data: ImageData,
+                     ood: lab4_eval.OodImages | None) -> tuple[dict[str, float], dict[str, bytes]]:
+    """Test metrics of the finished model plus the task's evaluation, and the files it made."""
+    test_loss, test_acc = evaluate(model, data.test)
+    out = {"test_loss": test_loss, "test_acc": test_acc}
+    if cfg.task == "ood":
+        metrics, files = lab4_eval.ood_evaluation(cfg, model, ae, data, ood)
+    elif cfg.task == "fgsm":
+        metrics, files = lab4_eval.fgsm_study(cfg, model, data)
+    elif cfg.task == "targeted":
+        metrics, files = lab4_eval.targeted_study(cfg, model, data)
+    else:
+        metrics, files = lab4_eval.robustness_study(cfg, model, data, ood)
+    return {**out, **metrics}, files
