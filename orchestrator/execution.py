@@ -74,15 +74,17 @@ class TuneContext:
     def __init__(self, data_dir: str | None) -> None:
         self.data_dir = Path(data_dir) if data_dir else None
         self.device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+        self.node_id = ray.get_runtime_context().get_node_id()  # tagged on the trial's run by the tracker
 
     def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None,
                files: Mapping[str, bytes] | None = None) -> None:
+        result = {**metrics, "node_id": self.node_id}
         if state is None and not files:
-            tune.report(dict(metrics))
+            tune.report(result)
             return
         # tune.report copies the checkpoint into storage before returning: the temp folder can go.
         with tempfile.TemporaryDirectory(prefix="dla-ckpt-") as folder:
-            tune.report(dict(metrics), checkpoint=_checkpoint(state, files, folder, tune.Checkpoint))
+            tune.report(result, checkpoint=_checkpoint(state, files, folder, tune.Checkpoint))
 
     def restore(self) -> dict[str, Any] | None:
         return _restore(tune.get_checkpoint())

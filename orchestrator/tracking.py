@@ -128,7 +128,10 @@ class MlflowTracker(tune.Callback):
         metrics = {k: float(v) for k, v in result.items()
                    if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(float(v))}
-        self.history.setdefault(trial.trial_id, []).append(metrics)
+        history = self.history.setdefault(trial.trial_id, [])
+        if not history and "node_id" in result:  # where the trial ran (first result of this run)
+            self.client.set_tag(self.runs[trial.trial_id], "node_id", str(result["node_id"]))
+        history.append(metrics)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
         batch = self.pending.setdefault(self.runs[trial.trial_id], [])

@@ -1,0 +1,114 @@
+"""A simulated two-node cluster on this machine (ray.cluster_utils.Cluster, fake GPUs declared on
+the worker node): trials land on both nodes, a 2-worker DDP trial spans both nodes, every run
+reaches MLflow, and losing the worker node mid-study does not lose the study."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.conftest import run_cli, runs
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    # Each node's dashboard agent gets its own port: two nodes on one machine would both ask for the
+    # default one, and a node without its agent cannot start trial actors (they wait forever).
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "object_store_memory": 200 * 2**20,
+                                                      "dashboard_port": _free_port(),
+                                                      "dashboard_agent_listen_port": _free_port()})
+    worker = c.add_node(num_cpus=2, num_gpus=2, object_store_memory=200 * 2**20,
+                        dashboard_agent_listen_port=_free_port())
+    ray.init(address=c.address, log_to_driver=False)
+    c.wait_for_nodes()
+    yield c, worker
+    ray.shutdown()
+    c.shutdown()
+
+
+def _nodes_of(class_name: str) -> set[str]:
+    from ray.util.state import list_actors
+
+    return {a.node_id for a in list_actors(filters=[("class_name", "=", class_name)], detail=True, limit=10_000)}
+
+
+def _children(tmp_path):
+    df = runs(tmp_path, "lab1")
+    return df[df["tags.mlflow.parentRunId"].notna()]
+
+
+def test_trials_are_scheduled_on_both_nodes(cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # 2 CPUs per trial: the head (3 CPUs) holds one trial, so a second running trial must use the worker.
+    rc = run_cli(tmp_path, "lab1", "--study", "mlp-capacity", "--num-samples", "4", "--max-concurrent", "4",
+                 "--cpus-per-trial", "2", "--gpus-per-trial", "0", "--set", "epochs=25")
+    assert rc == 0
+    children = _children(tmp_path)
+    assert children["tags.node_id"].nunique() == 2
+    assert len(children) == 4 and set(children.status) == {"FINISHED"}
+    assert children["metrics.test_acc"].notna().all()
+
+
+def test_fractional_gpu_trials_pack_on_the_gpu_node(cluster, tmp_path, monkeypatch):
+    """--gpus-per-trial 0.5 on a node with 2 (fake) GPUs: the trials can only run there (and train
+    on the CPU, as torch sees no GPU)."""
+    _, worker = cluster
+    monkeypatch.chdir(tmp_path)
+    rc = run_cli(tmp_path, "lab1", "--study", "mlp-capacity", "--num-samples", "3", "--gpus-per-trial", "0.5",
+                 "--set", "epochs=3")
+    assert rc == 0
+    children = _children(tmp_path)
+    assert len(children) == 3 and set(children.status) == {"FINISHED"}
+    assert set(children["tags.node_id"]) == {worker.node_id}
+
+
+def test_ddp_trial_spans_two_nodes(cluster, tmp_path, monkeypatch):
+    # 2 CPUs per worker: the head (3 CPUs, 0.25 held by the trial) and the worker node fit one each.
+    monkeypatch.chdir(tmp_path)
+    rc = run_cli(tmp_path, "lab1", "--study", "residual-mlp", "--num-samples", "1", "--workers-per-trial", "2",
+                 "--cpus-per-trial", "2", "--gpus-per-trial", "0", "--set", "epochs=2", "depth=2")
+    assert rc == 0
+    assert len(_nodes_of("RayTrainWorker")) == 2
+    child = _children(tmp_path).iloc[0]
+    assert child.status == "FINISHED" and child["metrics.world_size"] == 2 and child["metrics.replicas_in_sync"] == 1
+
+
+def test_study_survives_losing_the_worker_node(cluster, tmp_path, monkeypatch):
+    from ray.util.state import list_actors
+
+    c, worker = cluster
+    monkeypatch.chdir(tmp_path)
+
+    def remove_worker_once_a_trial_runs_there() -> None:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            alive = list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")], detail=True)
+            if any(a.node_id == worker.node_id for a in alive):
+                time.sleep(1.0)
+                c.remove_node(worker)
+                return
+            time.sleep(0.2)
+
+    remover = threading.Thread(target=remove_worker_once_a_trial_runs_there)
+    remover.start()
+    rc = run_cli(tmp_path, "lab1", "--study", "residual-mlp", "--num-samples", "4", "--max-concurrent", "4",
+                 "--max-failures", "3", "--gpus-per-trial", "0", "--set", "epochs=40", "depth=2")
+    remover.join()
+    assert rc == 0
+    assert worker not in c.worker_nodes, "the worker node was never removed"
+    children = _children(tmp_path)
+    assert len(children) == 4 and set(children.status) == {"FINISHED"}
+    assert children["metrics.test_acc"].notna().all()
