@@ -16,7 +16,7 @@ from ray import tune
 from .cli import REPO, Planned, UsageError
 from .execution import TrialSpec
 from .studies import Study, get_study
-from .tracking import Lookup, MlflowTracker, default_uri, find_parent, git_commit
+from .tracking import Lookup, MlflowTracker, default_uri, ensure_server, find_parent, git_commit, stop_server
 from .tuning import TuneOptions, build_tuner, connect_ray, make_trainable
 
 STATE_FILE = "dla_study.pkl"  # beside Tune's own state: what --resume needs to rebuild the study
@@ -124,15 +124,21 @@ def run_planned(planned: list[Planned], args: argparse.Namespace, *, storage: st
     # Experiment state is saved after every result; with sub-second epochs Tune warns about it each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(launch)
-    ray_mode = connect_ray(args.ray_address)
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    for p in planned:
-        if resume is not None:
-            ok = resume_study(resume[p.study.key], uri=uri)
-        else:
-            gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (p.study.gpus_per_trial if has_gpu else 0.0)
-            ok = start_study(p, args, storage=storage, data_dir=data_dir, uri=uri, ray_mode=ray_mode, gpus=gpus)
-        if not ok:
-            return 130
-    print(f"MLflow: {uri}  (open it with: mlflow ui --backend-store-uri {uri})")
+    server = ensure_server(uri, launch)
+    try:
+        ray_mode = connect_ray(args.ray_address)
+        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        for p in planned:
+            if resume is not None:
+                ok = resume_study(resume[p.study.key], uri=uri)
+            else:
+                gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (
+                    p.study.gpus_per_trial if has_gpu else 0.0)
+                ok = start_study(p, args, storage=storage, data_dir=data_dir, uri=uri, ray_mode=ray_mode, gpus=gpus)
+            if not ok:
+                return 130
+    finally:
+        stop_server(server)
+    shown = default_uri(launch) if server is not None else uri
+    print(f"MLflow: {uri}  (open it with: mlflow ui --backend-store-uri {shown})")
     return 0

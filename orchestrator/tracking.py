@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -336,3 +340,51 @@ class Lookup:
             raise FileNotFoundError(f"MLflow run {run_id} has no checkpoint/model.pt")
         dest.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, "checkpoint/model.pt", str(dest)))
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_server(uri: str, launch_dir: Path, timeout_s: float = 90.0) -> subprocess.Popen | None:
+    """When the tracking URI is a server address on this machine (`http://127.0.0.1:5000`) and
+    nothing answers there, start `mlflow server` for the study's lifetime: SQLite store and artifacts
+    in the launch folder, artifacts served through the server (so runs logged from anywhere land
+    there), bound to that loopback address only. Returns the process to stop, or None."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("http", "https") or parsed.hostname not in ("127.0.0.1", "localhost"):
+        return None
+    port = parsed.port or 80
+    if _listening(parsed.hostname, port):
+        return None
+    log = open(launch_dir / "mlflow-server.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", parsed.hostname, "--port", str(port),
+                             "--backend-store-uri", default_uri(launch_dir),
+                             "--artifacts-destination", str((launch_dir / "mlartifacts").resolve()),
+                             "--serve-artifacts", "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with code {proc.returncode}; see {launch_dir / 'mlflow-server.log'}")
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"mlflow server did not answer at {uri} within {timeout_s:.0f} s")
+
+
+def stop_server(proc: subprocess.Popen | None) -> None:
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
