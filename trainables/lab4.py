@@ -79,6 +79,7 @@ class Lab4Config:
     alpha_ratio: float = 1.25          # FGSM-RS step = alpha_ratio * epsilon (Wong et al.)
     random_start: bool = True          # False (with alpha_ratio=1): plain FGSM training, the CO-prone baseline
     pgd_steps: int = 10                # PGD steps of the evaluation attack (step 2.5 * eps / steps)
+    eval_eps: float = 8 / 255          # threat model of adv-train's target: PGD accuracy at this eps
     co_ratio: float = 0.5              # PGD acc below co_ratio x its best = catastrophic overfitting
     co_gap: float = 0.3                # ... or FGSM acc - PGD acc above this (on the probe batch)
     co_batch: int = 256                # fixed validation images of the per-epoch PGD check
@@ -97,6 +98,7 @@ class Lab4Config:
               "crop_pad, max_train and max_eval must be >= 0")
         check(0 <= self.odin_eps <= 1, "odin_eps", f"must be in [0, 1] (pixel units), got {self.odin_eps}")
         check(0 <= self.epsilon <= 1, "epsilon", f"must be in [0, 1] (pixel units; 8/255 = 0.0314), got {self.epsilon}")
+        check(0 < self.eval_eps <= 1, "eval_eps", f"must be in (0, 1] (pixel units), got {self.eval_eps}")
         check(len(self.eps_grid) >= 1 and all(0 <= e <= 1 for e in self.eps_grid), "eps_grid",
               f"needs values in [0, 1] (pixel units), got {self.eps_grid}")
         check(list(self.eps_grid) == sorted(set(self.eps_grid)), "eps_grid", "must be increasing, without repeats")
@@ -123,19 +125,21 @@ def build_classifier(cfg: Lab4Config, data: ImageData) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------- epochs
-def adversarial_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, split: Split, cfg: Lab4Config,
-                      epoch: int) -> tuple[float, float]:
+def adversarial_epoch(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, split: Split,
+                      cfg: Lab4Config, epoch: int, rank: int = 0, world_size: int = 1) -> tuple[float, float]:
     """One epoch where the first round(mix * B) images of every shuffled batch are replaced by
-    FGSM-RS examples made on the fly against the current weights; returns (loss, accuracy)."""
+    FGSM-RS examples made on the fly against the current weights; returns (loss, accuracy).
+    The attack runs on the unwrapped `model` (same weights): a forward pass through DDP that is
+    not followed by a parameter backward would leave its gradient reducer waiting."""
     net.train()
-    gen = torch.Generator(device=split.x.device).manual_seed(cfg.seed * 7919 + epoch)
+    gen = torch.Generator(device=split.x.device).manual_seed(cfg.seed * 7919 + epoch * 1009 + rank)
     total, correct, seen = 0.0, 0, 0
     for x, y in batches(split, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, crop_pad=cfg.crop_pad,
-                        flip=cfg.flip):
+                        flip=cfg.flip, rank=rank, world_size=world_size):
         k = round(cfg.mix * len(y))
         if k and cfg.epsilon > 0:
-            x = torch.cat([fgsm_rs(net, x[:k], y[:k], cfg.epsilon, alpha_ratio=cfg.alpha_ratio,
-                                      random_start=cfg.random_start, gen=gen), x[k:]])
+            x = torch.cat([fgsm_rs(model, x[:k], y[:k], cfg.epsilon, alpha_ratio=cfg.alpha_ratio,
+                                   random_start=cfg.random_start, gen=gen), x[k:]])
         logits = net(x)
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
@@ -171,19 +175,21 @@ def reconstruction_loss(ae: nn.Module, split: Split) -> float:
 
 def robustness_probe(model: nn.Module, probe: tuple[torch.Tensor, torch.Tensor], cfg: Lab4Config) -> dict[str, float]:
     """On a fixed validation batch: FGSM and PGD accuracy at the training eps (FGSM accuracy rising
-    while PGD accuracy collapses is catastrophic overfitting), and `val_robust_acc`, the mean PGD
-    accuracy over `eps_grid` (eps 0 = clean): adv-train's target, comparable across training eps."""
+    while PGD accuracy collapses is catastrophic overfitting), and `val_robust_acc`, PGD accuracy
+    at the fixed threat model `eval_eps`: adv-train's target, comparable across training eps."""
     model.eval()
     x, y = probe
+
+    def pgd_accuracy(eps: float) -> float:
+        return accuracy(pgd(model, x, y, eps, steps=cfg.pgd_steps, seed=cfg.seed))
 
     def accuracy(x_adv: torch.Tensor) -> float:
         with torch.no_grad():
             return (model(x_adv).argmax(1) == y).float().mean().item()
 
-    grid = [accuracy(pgd(model, x, y, e, steps=cfg.pgd_steps, seed=cfg.seed)) for e in cfg.eps_grid]
-    return {"val_fgsm_acc": accuracy(fgsm(model, x, y, cfg.epsilon)),
-            "val_pgd_acc": accuracy(pgd(model, x, y, cfg.epsilon, steps=cfg.pgd_steps, seed=cfg.seed)),
-            "val_robust_acc": sum(grid) / len(grid)}
+    at_train = pgd_accuracy(cfg.epsilon)
+    return {"val_fgsm_acc": accuracy(fgsm(model, x, y, cfg.epsilon)), "val_pgd_acc": at_train,
+            "val_robust_acc": at_train if cfg.eval_eps == cfg.epsilon else pgd_accuracy(cfg.eval_eps)}
 
 
 def collapsed(probe: dict[str, float], best_pgd: float, cfg: Lab4Config, floor: float = 0.1) -> bool:
@@ -237,7 +243,8 @@ def build(cfg: Lab4Config, ctx: Context, data: ImageData) -> tuple[Models, nn.Mo
     model = build_classifier(cfg, data)
     net = ctx.prepare_model(model)
     opt = make_optimizer(net.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
-    sched = make_scheduler(opt, cfg.schedule, cfg.epochs * -(-len(data.train) // cfg.batch_size))
+    steps = -(-(len(data.train) // ctx.world_size) // cfg.batch_size)  # per epoch, on this rank's shard
+    sched = make_scheduler(opt, cfg.schedule, cfg.epochs * steps)
     models = Models(model, opt, sched)
     if cfg.task == "ood":
         models.ae = ConvAutoencoder(data.shape, cfg.ae_width, cfg.ae_latent).to(ctx.device)
@@ -245,12 +252,17 @@ def build(cfg: Lab4Config, ctx: Context, data: ImageData) -> tuple[Models, nn.Mo
     return models, net
 
 
-def run_epoch(cfg: Lab4Config, m: Models, net: nn.Module, data: ImageData, epoch: int) -> dict[str, float]:
+def run_epoch(cfg: Lab4Config, ctx: Context, m: Models, net: nn.Module, data: ImageData, epoch: int
+              ) -> dict[str, float]:
+    """One training epoch (this rank's shard under DDP) and validation; the autoencoder is not
+    DDP-wrapped: every rank trains the same one on the same batches."""
     if cfg.task == "adv-train":
-        train_loss, train_acc = adversarial_epoch(net, m.opt, m.sched, data.train, cfg, epoch)
+        train_loss, train_acc = adversarial_epoch(net, m.model, m.opt, m.sched, data.train, cfg, epoch,
+                                                  ctx.rank, ctx.world_size)
     else:
         train_loss, train_acc = train_one_epoch(net, m.opt, m.sched, data.train, batch_size=cfg.batch_size,
-                                                seed=cfg.seed, epoch=epoch, crop_pad=cfg.crop_pad, flip=cfg.flip)
+                                                seed=cfg.seed, epoch=epoch, crop_pad=cfg.crop_pad, flip=cfg.flip,
+                                                rank=ctx.rank, world_size=ctx.world_size)
     val_loss, val_acc = evaluate(net, data.val)
     metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                "val_acc": val_acc, "lr": m.sched.get_last_lr()[0]}
@@ -286,7 +298,7 @@ def train(cfg: Lab4Config, ctx: Context) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     for epoch in range(start, cfg.epochs):
-        metrics = run_epoch(cfg, m, net, data, epoch)
+        metrics = run_epoch(cfg, ctx, m, net, data, epoch)
         if cfg.task == "ood":  # the target is tracked every epoch (Tune wants it in every result)
             metrics.update(lab4_eval.val_auroc(cfg, m.model, m.ae, data, ood))
         stop = False

@@ -97,7 +97,8 @@ def example_grid(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, pred: to
     fig, ax = plt.subplots(figsize=(1.3 * len(order) + 1.2, 4.6))
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_xticks([c * (w + pad) + w / 2 - 0.5 for c in range(len(order))], labels, fontsize=7)
-    ax.set_yticks([r * (h + pad) + h / 2 - 0.5 for r in range(3)], ["original", "perturbation\n(amplified)", "adversarial"])
+    ax.set_yticks([r * (h + pad) + h / 2 - 0.5 for r in range(3)],
+                  ["original", "perturbation\n(amplified)", "adversarial"])
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
@@ -187,7 +188,7 @@ def adv_train_compare(rows: Rows) -> Figure | None:
     auroc = [r["metrics"]["auroc/msp"] for r in rows]
     co = np.array([r["metrics"].get("catastrophic_overfit", 0) > 0 for r in rows])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.scatter(eps, robust, marker="o", label="mean PGD acc over eps grid (val)")
+    left.scatter(eps, robust, marker="o", label="PGD accuracy at eval_eps (val)")
     left.scatter(eps, auroc, marker="s", label="OOD AUROC (msp)")
     left.set(xlabel="training eps (x 1/255)", ylabel="value", title="robustness and OOD detection vs eps")
     left.legend(fontsize=7)
@@ -198,7 +199,7 @@ def adv_train_compare(rows: Rows) -> Figure | None:
         right.scatter(np.array(auroc)[co], np.array(robust)[co], c="red", marker="x", label="catastrophic overfit")
         right.legend(fontsize=7)
     fig.colorbar(points, ax=right, label="training eps (x 1/255)")
-    right.set(xlabel="OOD AUROC (msp)", ylabel="robust accuracy (mean PGD, val)", title="trade-off")
+    right.set(xlabel="OOD AUROC (msp)", ylabel="robust accuracy (PGD at eval_eps, val)", title="trade-off")
     right.grid(alpha=0.3)
     fig.tight_layout()
     return fig

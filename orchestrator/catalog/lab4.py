@@ -15,12 +15,12 @@ from ..studies import Study
 DIGITS_GRID = (0.0, 0.025, 0.05, 0.1, 0.2, 0.3)  # pixel units: 0, 6.4, 12.8, 25.5, 51, 76.5 /255
 
 _QUICK = {"dataset": "digits", "model": "cnn", "width": 16, "depth": 1, "num_stages": 2, "epochs": 10,
-          "batch_size": 64, "lr": 3e-3, "val_fraction": 0.15, "eps_grid": DIGITS_GRID, "epsilon": 0.1,
-          "attack_step": 0.01, "attack_steps": 50, "max_eval": 0}
+          "batch_size": 64, "lr": 3e-3, "val_fraction": 0.15, "max_eval": 0,
+          "eps_grid": DIGITS_GRID, "epsilon": 0.1, "eval_eps": 0.1, "attack_step": 0.01, "attack_steps": 50}
 _FULL = {"dataset": "cifar10", "model": "resnet18", "epochs": 30, "batch_size": 256, "optimizer": "sgd",
-         "lr": 0.05, "weight_decay": 5e-4, "crop_pad": 4, "flip": True, "val_fraction": 0.1,
-         "eps_grid": lab4.CIFAR_GRID, "epsilon": 8 / 255, "attack_step": 1 / 255, "attack_steps": 50,
-         "max_eval": 1000, "ae_width": 32, "ae_latent": 128, "ae_lr": 1e-3}
+         "lr": 0.05, "weight_decay": 5e-4, "crop_pad": 4, "flip": True, "val_fraction": 0.1, "max_eval": 1000,
+         "eps_grid": lab4.CIFAR_GRID, "epsilon": 8 / 255, "eval_eps": 8 / 255, "attack_step": 1 / 255,
+         "attack_steps": 50, "ae_width": 32, "ae_latent": 128, "ae_lr": 1e-3}
 
 STUDIES = [
     Study("lab4", "ood", "Which score separates ID from OOD images best (MSP, max logit, energy, ODIN, autoencoder)?",
@@ -29,12 +29,12 @@ STUDIES = [
            "full": {**_FULL, "task": "ood", "ood_set": "cifar100"}},
           {"quick": 6, "full": 20}, metric="val_auroc", early_stopping=False, gpus_per_trial=0.5,
           compare=lab4_plots.ood_compare, datasets={"full": ("cifar10", "cifar100", "svhn")}),
-    Study("lab4", "fgsm", "How fast does accuracy fall with the FGSM budget, and what budget does an iterative attack need?",
+    Study("lab4", "fgsm", "How fast does accuracy fall with the FGSM eps; what L-inf budget does iterative FGSM need?",
           lab4.train, lab4.Lab4Config, spaces.fgsm,
           {"quick": {**_QUICK, "task": "fgsm", "width": 32}, "full": {**_FULL, "task": "fgsm"}},
           {"quick": 4, "full": 6}, metric="val_acc", early_stopping=False, gpus_per_trial=0.5,
           compare=lab4_plots.fgsm_compare, datasets={"full": ("cifar10",)}),
-    Study("lab4", "adv-train", "Does FGSM adversarial training (random start) buy robustness, and what does it do to OOD detection?",
+    Study("lab4", "adv-train", "Does FGSM-RS adversarial training buy robustness; what does it do to OOD detection?",
           lab4.train, lab4.Lab4Config, spaces.adv_train,
           {"quick": {**_QUICK, "task": "adv-train", "ood_set": "noise", "epochs": 8},
            "full": {**_FULL, "task": "adv-train", "ood_set": "cifar100", "epochs": 15, "mix": 1.0, "lr": 0.1}},
