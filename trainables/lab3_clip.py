@@ -221,7 +221,6 @@ def lora(cfg: ClipConfig, ctx: Context) -> dict[str, float]:
     peft_model = apply_lora(clip, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets,
                             dropout=cfg.lora_dropout, towers=cfg.lora_towers)
     counts = param_counts(peft_model)
-    head = head.to(ctx.device)  # the adapters were created on the CPU side of modules already moved
     net = ctx.prepare_model(head)
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
