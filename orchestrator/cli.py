@@ -60,13 +60,20 @@ def build_parser() -> Parser:
         "Run the Deep Learning Applications labs as Ray Tune + Optuna studies logged to MLflow.\n\n"
         f"  run.py list                       labs ({labs}), studies, search spaces, metrics\n"
         "  run.py prefetch LAB --data-dir D  download what LAB's full profile needs, once\n"
-        "  run.py LAB [--study NAME] ...     run a lab's studies (all of them without --study)\n\n"
+        "  run.py LAB [--study NAME] ...     run a lab's studies (all of them without --study), then report\n"
+        "  run.py report LAB [--study NAME]  the lab's comparison tables and figures, from MLflow\n\n"
         "Run `run.py LAB --help` for the study options."), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="{list,prefetch,LAB}", parser_class=Parser)
     sub.add_parser("list", help="print every lab, its studies, search spaces and target metrics")
     pre = sub.add_parser("prefetch", help="download the datasets a lab's full profile needs into --data-dir")
     pre.add_argument("lab")
     pre.add_argument("--data-dir", required=True, type=Path)
+    rep = sub.add_parser("report", help="write a lab's report (Markdown + HTML) from its runs in MLflow")
+    rep.add_argument("lab")
+    rep.add_argument("--study", action="append", help="study to report (repeatable); default: all of the lab's")
+    rep.add_argument("--parent-run", help="report this invocation (a parent run id) instead of the latest")
+    rep.add_argument("--out", type=Path, help="output folder (default ./reports/LAB-TIMESTAMP)")
+    rep.add_argument("--mlflow-uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     for lab in registry.labs():
         add_study_options(sub.add_parser(lab, help=f"run {lab}'s studies", formatter_class=argparse.RawDescriptionHelpFormatter,
                                          description=_lab_help(lab)))
@@ -102,6 +109,10 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true", default=os.environ.get("DLA_OFFLINE") == "1",
                    help="never download; missing data is an error")
     p.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial from its checkpoint")
+    p.add_argument("--repeats", type=int, default=0, metavar="K",
+                   help="after the search, re-run the best configuration (of each compared group) with K seeds; "
+                        "the report shows mean ± std")
+    p.add_argument("--report-dir", type=Path, help="where the report goes (default ./reports/LAB-TIMESTAMP)")
     p.add_argument("--resume", action="store_true",
                    help="resume the newest interrupted invocation of each chosen study under --storage "
                         "(its saved settings are used; finished trials are not rerun)")
@@ -209,8 +220,35 @@ def cmd_prefetch(lab: str, data_dir: Path) -> None:
     print(f"{lab}: {len(names)} dataset(s) ready in {data_dir.resolve()}")
 
 
+def tracking_uri(arg: str | None, launch: Path) -> str:
+    from .tracking import default_uri
+
+    return arg or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(launch)
+
+
+def report_dir(arg: Path | None, lab: str) -> Path:
+    return (arg or Path("reports") / f"{lab}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        chosen = [registry.get_study(args.lab, n) for n in args.study] if args.study else registry.studies_of(args.lab)
+    except KeyError as e:
+        raise UsageError(e.args[0]) from None
+    if args.parent_run and len(chosen) != 1:
+        raise UsageError("--parent-run needs exactly one --study")
+    from .report import build_report
+
+    uri = tracking_uri(args.mlflow_uri, Path.cwd())
+    path = build_report(uri, args.lab, chosen, report_dir(args.out, args.lab), args.parent_run)
+    print(f"report: {path}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     launch = Path.cwd()
+    if args.repeats < 0:
+        raise UsageError(f"--repeats: must be >= 0, got {args.repeats}")
     planned = plan(args.command, args.study, args.profile, parse_sets(args.sets), args.seed)
     storage = args.storage or str(launch / "ray_results")
     if "://" not in storage:
@@ -244,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "prefetch":
             cmd_prefetch(args.lab, args.data_dir)
             return 0
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_run(args)
     except UsageError as e:
         print(f"run.py: error: {e}", file=sys.stderr)

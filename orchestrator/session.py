@@ -12,8 +12,9 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.search import Searcher
 
-from .cli import REPO, Planned, UsageError
+from .cli import REPO, Planned, UsageError, report_dir, tracking_uri
 from .execution import TrialSpec
 from .studies import Study, get_study
 from .tracking import Lookup, MlflowTracker, default_uri, ensure_server, find_parent, git_commit, stop_server
@@ -48,6 +49,52 @@ def _describe_best(tracker: MlflowTracker, metric: str) -> str:
 
 def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+class FixedPoints(Searcher):
+    """Suggests the given configs in order, then says it is finished (Tune's BasicVariantGenerator
+    wants every key in a param space; these configs are complete already)."""
+
+    def __init__(self, points: list[dict[str, Any]], metric: str, mode: str) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.points = list(points)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        return self.points.pop(0) if self.points else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+
+def repeat_points(study: Study, rows: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
+    """The best sampled config of each `study.report_by` group (or the best overall), once per seed."""
+    scored = [r for r in rows if study.metric in r["metrics"]]
+    scored.sort(key=lambda r: r["metrics"][study.metric], reverse=study.mode == "max")
+    best: dict[tuple, dict[str, Any]] = {}
+    for r in scored:
+        best.setdefault(tuple(str(r["params"].get(k)) for k in study.report_by), r["params"])
+    return [{**params, "seed": seed} for params in best.values() for seed in seeds]
+
+
+def run_repeats(study: Study, spec: TrialSpec, opts: TuneOptions, parent: MlflowTracker, k: int) -> bool:
+    """Re-runs the search's best configurations with k seeds, as a second invocation (tag
+    repeats_of = the search's parent run); the report shows mean ± std."""
+    points = repeat_points(study, parent.rows(), [opts.seed + i for i in range(k)])
+    if not points:
+        return True
+    tracker = MlflowTracker(parent.uri, experiment=study.lab, run_name=f"{study.name} [repeats x{k}]",
+                            tags={"lab": study.lab, "study": study.name, "kind": "repeats",
+                                  "repeats_of": parent.parent_id}, params={"repeats": k, "configs": len(points) // k},
+                            resolve=spec.resolve, compare=None, metric=study.metric, mode=study.mode)
+    print(f"== {study.key}: {len(points)} repeat trials ({len(points) // k} configs x {k} seeds)", flush=True)
+    tuner = tune.Tuner(
+        make_trainable(spec, opts),
+        tune_config=tune.TuneConfig(search_alg=FixedPoints(points, study.metric, study.mode),
+                                    num_samples=len(points), max_concurrent_trials=opts.max_concurrent),
+        run_config=tune.RunConfig(name=f"{opts.name}-repeats", storage_path=opts.storage, callbacks=[tracker],
+                                  verbose=opts.verbose, checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
+    return _fit(study, tracker, tuner)
 
 
 def _fit(study: Study, tracker: MlflowTracker, tuner: tune.Tuner) -> bool:
@@ -96,7 +143,9 @@ def start_study(p: Planned, args: argparse.Namespace, *, storage: str, data_dir:
                             params=params, resolve=spec.resolve, compare=study.compare, metric=study.metric,
                             mode=study.mode)
     print(f"== {study.key} ({args.profile}): {num_samples} trials; MLflow parent run {tracker.parent_id}", flush=True)
-    return _fit(study, tracker, build_tuner(study, spec, opts, [tracker], epochs=spec.resolve({}).epochs))
+    if not _fit(study, tracker, build_tuner(study, spec, opts, [tracker], epochs=spec.resolve({}).epochs)):
+        return False
+    return run_repeats(study, spec, opts, tracker, args.repeats) if args.repeats else True
 
 
 def resume_study(exp_dir: Path, *, uri: str) -> bool:
@@ -123,7 +172,7 @@ def run_planned(planned: list[Planned], args: argparse.Namespace, *, storage: st
                 resume: dict[str, Path] | None = None) -> int:
     # Experiment state is saved after every result; with sub-second epochs Tune warns about it each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(launch)
+    uri = tracking_uri(args.mlflow_uri, launch)
     server = ensure_server(uri, launch)
     try:
         ray_mode = connect_ray(args.ray_address)
@@ -137,8 +186,13 @@ def run_planned(planned: list[Planned], args: argparse.Namespace, *, storage: st
                 ok = start_study(p, args, storage=storage, data_dir=data_dir, uri=uri, ray_mode=ray_mode, gpus=gpus)
             if not ok:
                 return 130
+        from .report import build_report
+
+        path = build_report(uri, planned[0].study.lab, [p.study for p in planned],
+                            report_dir(args.report_dir, planned[0].study.lab))
     finally:
         stop_server(server)
     shown = default_uri(launch) if server is not None else uri
     print(f"MLflow: {uri}  (open it with: mlflow ui --backend-store-uri {shown})")
+    print(f"report: {path}")
     return 0

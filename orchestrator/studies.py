@@ -37,6 +37,11 @@ class Study:
     # config and an `orchestrator.tracking.Lookup`, returns the base config to use. Raising
     # ValueError/FileNotFoundError turns into a one-line error (exit 2) before any run is created.
     prepare: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
+    # The report's comparison table: one row per combination of these sampled params (best trial
+    # of each), with these metrics; `references`: the lab's published numbers, shown for `full`.
+    report_by: tuple[str, ...] = ()
+    report_metrics: tuple[str, ...] = ("val_acc", "test_acc")
+    references: str = ""
 
     @property
     def key(self) -> str:

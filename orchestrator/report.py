@@ -1,0 +1,181 @@
+"""Study reports: the comparison each lab asks for, read back from MLflow, written as Markdown and
+as a self-contained HTML page (figures embedded), and logged to the study's parent run.
+
+    python orchestrator/run.py report lab1 [--study residual-mlp] [--parent-run ID] [--out DIR]
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+import shutil
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .studies import Study
+from .tracking import download_figures, log_report, read_invocation, read_repeats
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[tuple] = field(default_factory=list)  # ("p", text) | ("table", headers, rows) | ("img", path, caption)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def _key(run: dict, names: Sequence[str]) -> tuple:
+    return tuple(run["sampled"].get(n, run["params"].get(n, "-")) for n in names)
+
+
+def _scored(study: Study, runs: list[dict]) -> list[dict]:
+    ok = [r for r in runs if study.metric in r["metrics"] and r["status"] == "FINISHED"]
+    return sorted(ok, key=lambda r: r["metrics"][study.metric], reverse=study.mode == "max")
+
+
+def comparison_table(study: Study, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One row per combination of `study.report_by` (its best finished trial), or the ten best trials."""
+    scored = _scored(study, runs)
+    if study.report_by:
+        best: dict[tuple, dict] = {}
+        counts: dict[tuple, int] = defaultdict(int)
+        for r in scored:  # sorted best first: the first seen of a group is its best
+            k = _key(r, study.report_by)
+            counts[k] += 1
+            best.setdefault(k, r)
+        headers = [*study.report_by, "trials", *study.report_metrics]
+        rows = [[*map(_fmt, k), str(counts[k]), *(_fmt(best[k]["metrics"].get(m, float("nan")))
+                                                    for m in study.report_metrics)]
+                for k in sorted(best, key=lambda t: tuple(str(x).zfill(8) for x in t))]
+        return headers, rows
+    names = sorted({n for r in scored for n in r["sampled"]})
+    headers = [*names, *study.report_metrics]
+    rows = [[*(_fmt(r["sampled"].get(n, "-")) for n in names), *(_fmt(r["metrics"].get(m, float("nan")))
+                                                                  for m in study.report_metrics)]
+            for r in scored[:10]]
+    return headers, rows
+
+
+def best_configs(study: Study, runs: list[dict], k: int = 3) -> tuple[list[str], list[list[str]]]:
+    rows = [[str(i + 1), ", ".join(f"{n}={_fmt(v)}" for n, v in sorted(r["sampled"].items())),
+             *(_fmt(r["metrics"].get(m, float("nan"))) for m in study.report_metrics), r["run_id"][:12]]
+            for i, r in enumerate(_scored(study, runs)[:k])]
+    return ["rank", "config", *study.report_metrics, "run"], rows
+
+
+def repeats_table(study: Study, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """mean ± std over seeds of each re-run configuration."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        if r["status"] == "FINISHED":
+            groups[tuple(sorted((k, _fmt(v)) for k, v in r["sampled"].items() if k != "seed"))].append(r)
+    rows = []
+    for key, members in sorted(groups.items()):
+        cells = []
+        for m in study.report_metrics:
+            values = [r["metrics"][m] for r in members if m in r["metrics"]]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):.4f} ± {sd:.4f}" if values else "-")
+        rows.append([", ".join(f"{k}={v}" for k, v in key) or "(fixed)", str(len(members)), *cells])
+    return ["config", "seeds", *(f"{m} (mean ± std)" for m in study.report_metrics)], rows
+
+
+def study_section(uri: str, study: Study, out: Path, parent_id: str | None = None) -> tuple[Section, str | None]:
+    section = Section(f"{study.key}: {study.question}")
+    inv = read_invocation(uri, study.lab, study.name, parent_id)
+    if inv is None:
+        section.blocks.append(("p", "Not run yet."))
+        return section, None
+    parent, runs = inv["parent"], inv["children"]
+    profile = parent["tags"].get("profile", "?")
+    statuses = defaultdict(int)
+    for r in runs:
+        statuses[r["status"] if r["tags"].get("stopped_early") != "true" else "stopped early"] += 1
+    started = time.strftime("%Y-%m-%d %H:%M", time.localtime(parent["start_time"] / 1000))
+    section.blocks.append(("p", f"Parent run `{parent['run_id']}` ({profile} profile, started {started}, "
+                                f"git {parent['tags'].get('git_commit', '?')[:10]}): {len(runs)} trials — "
+                                + ", ".join(f"{n} {s.lower()}" for s, n in sorted(statuses.items())) +
+                                f". Target: {study.mode} `{study.metric}` (selection on validation; test once per finished trial)."))
+    section.blocks.append(("table", *comparison_table(study, runs)))
+    section.blocks.append(("p", "Best configurations:"))
+    section.blocks.append(("table", *best_configs(study, runs)))
+    repeats = read_repeats(uri, study.lab, parent["run_id"])
+    if repeats is not None:
+        section.blocks.append(("p", f"Re-run with several seeds (parent run `{repeats['parent']['run_id']}`):"))
+        section.blocks.append(("table", *repeats_table(study, repeats["children"])))
+    if study.references:
+        note = "" if profile == "full" else " (they apply to the full profile; this run used the quick one)"
+        section.blocks.append(("p", f"Reference numbers from the lab{note}: {study.references}"))
+    figures = download_figures(uri, parent["run_id"], out / "figures" / study.name)
+    scored = _scored(study, runs)
+    if scored:
+        figures += download_figures(uri, scored[0]["run_id"], out / "figures" / study.name / "best")
+    for path in figures:
+        section.blocks.append(("img", path, f"{path.parent.name if path.parent.name == 'best' else 'study'}: {path.stem}"))
+    return section, parent["run_id"]
+
+
+def _markdown(title: str, sections: list[Section], out: Path) -> str:
+    lines = [f"# {title}", ""]
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        for block in s.blocks:
+            if block[0] == "p":
+                lines += [block[1], ""]
+            elif block[0] == "table":
+                headers, rows = block[1], block[2]
+                lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+                lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+            else:
+                lines += [f"![{block[2]}]({block[1].relative_to(out).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+def _html(title: str, sections: list[Section]) -> str:
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+             "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:48%;margin:4px}"
+             "</style>", f"<h1>{html.escape(title)}</h1>"]
+    for s in sections:
+        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        for block in s.blocks:
+            if block[0] == "p":
+                parts.append(f"<p>{html.escape(block[1])}</p>")
+            elif block[0] == "table":
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
+                body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in block[2])
+                parts.append(f"<table><tr>{head}</tr>{body}</table>")
+            else:
+                data = base64.b64encode(block[1].read_bytes()).decode()
+                parts.append(f"<img alt='{html.escape(block[2])}' title='{html.escape(block[2])}' "
+                             f"src='data:image/png;base64,{data}'>")
+    return "\n".join(parts)
+
+
+def build_report(uri: str, lab: str, studies: Sequence[Study], out: Path,
+                 parent_id: str | None = None) -> Path:
+    """Writes out/report.md, out/report.html and out/figures/; logs them to each study's parent run.
+    Returns the HTML path."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    sections, parents = [], []
+    for study in studies:
+        section, pid = study_section(uri, study, out, parent_id)
+        sections.append(section)
+        if pid:
+            parents.append(pid)
+    title = f"{lab} report ({time.strftime('%Y-%m-%d %H:%M')})"
+    (out / "report.md").write_text(_markdown(title, sections, out))
+    (out / "report.html").write_text(_html(title, sections))
+    for pid in parents:
+        log_report(uri, pid, out)
+    return out / "report.html"
