@@ -36,3 +36,49 @@ def resnet(trial: optuna.Trial) -> None:
         trial.suggest_float("lr", 1e-4, 3e-3, log=True)
     trial.suggest_float("weight_decay", 1e-5, 1e-3, log=True)
     trial.suggest_categorical("batch_size", [64, 128, 256])
+
+
+TRANSFER_VARIANTS = ["linear-svc", "knn", "head", "finetune", "scratch"]
+CAM_METHODS = ["cam", "gradcam", "gradcam++"]
+
+
+def _try_each_first(trial: optuna.Trial, first: list[dict]) -> None:
+    """The study's first trials take each of `first` once, in order (Optuna's enqueue_trial): these
+    studies compare their variants, and TPE's random start could miss one. Only queues trials; the
+    other parameters of a queued trial are still sampled. Call it after the suggestions."""
+    if trial.number == 0:
+        for params in first:
+            if any(trial.params.get(k) != v for k, v in params.items()):  # the one drawn now is done
+                trial.study.enqueue_trial(params, skip_if_exists=True)
+
+
+def transfer(trial: optuna.Trial) -> None:
+    """Transfer variant, then only the knobs that variant has: the classifier's C or k for the
+    scikit-learn ones; optimizer (each with its own lr range) for the trained ones; and how many
+    of the last stages fine-tuning unfreezes."""
+    variant = trial.suggest_categorical("variant", TRANSFER_VARIANTS)
+    if variant == "linear-svc":
+        trial.suggest_float("svc_c", 1e-3, 10.0, log=True)
+    elif variant == "knn":
+        trial.suggest_categorical("knn_k", [1, 3, 5, 10])
+    else:
+        if variant == "finetune":
+            trial.suggest_int("unfreeze_stages", 1, 3)
+        optimizer = trial.suggest_categorical("optimizer", ["adam", "sgd"])
+        if optimizer == "adam":
+            trial.suggest_float("lr", 1e-4, 3e-2, log=True)
+        else:
+            trial.suggest_float("lr", 1e-3, 3e-1, log=True)
+    # Fine-tuning vs from scratch first: the comparison that says whether transfer helped.
+    _try_each_first(trial, [{"variant": v} for v in ("finetune", "scratch", "linear-svc", "head", "knn")])
+
+
+def cam(trial: optuna.Trial) -> None:
+    """Heat-map method; Grad-CAM methods also choose the stage they explain (CAM has one: the last)."""
+    method = trial.suggest_categorical("method", CAM_METHODS)
+    if method != "cam":
+        trial.suggest_categorical("layer", ["last", "previous"])
+    # CAM and Grad-CAM on the same maps first (identical for a GAP + linear net), then the rest.
+    _try_each_first(trial, [{"method": "cam"}, {"method": "gradcam", "layer": "last"},
+                            {"method": "gradcam", "layer": "previous"}, {"method": "gradcam++", "layer": "previous"},
+                            {"method": "gradcam++", "layer": "last"}])
