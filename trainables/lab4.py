@@ -9,7 +9,8 @@ One config, the task a field of it:
 
 Every eps is an L-inf radius in pixel units of [0, 1]: the literature's "8/255" is 0.0314.
 
-In-process:  python -c "from trainables.lab4 import *; print(train(Lab4Config(task='fgsm'), LocalContext()))"
+In-process:  python -c "from trainables.lab4 import *; from trainables.context import LocalContext;
+                        print(train(Lab4Config(task='fgsm', eps_grid=(0, 0.1, 0.2)), LocalContext()))"
 Through the orchestrator: python orchestrator/run.py lab4 --study fgsm
 """
 from __future__ import annotations
