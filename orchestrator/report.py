@@ -41,6 +41,17 @@ def _scored(study: Study, runs: list[dict]) -> list[dict]:
     return sorted(ok, key=lambda r: r["metrics"][study.metric], reverse=study.mode == "max")
 
 
+def _sort_key(values: tuple) -> tuple:
+    """Numbers in numeric order (depth 2 before 16), then everything else as text."""
+    out = []
+    for v in values:
+        try:
+            out.append((0, float(v), ""))
+        except (TypeError, ValueError):
+            out.append((1, 0.0, str(v)))
+    return tuple(out)
+
+
 def comparison_table(study: Study, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     """One row per combination of `study.report_by` (its best finished trial), or the ten best trials."""
     scored = _scored(study, runs)
@@ -54,7 +65,7 @@ def comparison_table(study: Study, runs: list[dict]) -> tuple[list[str], list[li
         headers = [*study.report_by, "trials", *study.report_metrics]
         rows = [[*map(_fmt, k), str(counts[k]), *(_fmt(best[k]["metrics"].get(m, float("nan")))
                                                     for m in study.report_metrics)]
-                for k in sorted(best, key=lambda t: tuple(str(x).zfill(8) for x in t))]
+                for k in sorted(best, key=_sort_key)]
         return headers, rows
     names = sorted({n for r in scored for n in r["sampled"]})
     headers = [*names, *study.report_metrics]
