@@ -223,6 +223,14 @@ def test_prepare_cam_rejects_a_net_whose_last_maps_are_1x1(tmp_path):
     assert prepare_cam({}, lookup)["source_cache"]  # the default falls back to training one
 
 
+def test_prepare_checks_a_checkpoint_path_given_directly(tmp_path, source_ckpt):
+    lookup = FakeLookup(tmp_path / "inputs", {}, latest=None)
+    base = prepare_transfer({**_base(), "source_checkpoint": str(source_ckpt)}, lookup)
+    assert base["source_checkpoint"] == str(source_ckpt.resolve())
+    with pytest.raises(FileNotFoundError, match="^source_checkpoint .*nope.pt: checkpoint file does not exist"):
+        prepare_transfer({**_base(), "source_checkpoint": str(tmp_path / "nope.pt")}, lookup)
+
+
 # ---------------------------------------------------------------- catalog and search space
 def test_transfer_and_cam_run_last_in_lab1():
     assert [s.name for s in studies_of("lab1")][-2:] == ["transfer", "cam"]
@@ -274,3 +282,4 @@ def test_transferred_features_beat_the_same_net_from_scratch_on_a_small_target_s
     mean = {k: float(np.mean(v)) for k, v in acc.items()}
     assert mean["linear-svc"] > mean["scratch"] + 0.05, acc
     assert mean["finetune"] > mean["scratch"] + 0.05, acc
+

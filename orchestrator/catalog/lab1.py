@@ -88,7 +88,8 @@ def _fetch(lookup: Any, run_id: str, conflict: Callable[[Any, Any], str | None])
     if reason is not None:
         _remove(new, dest)
         return None, f"run {run_id} cannot be the source: {reason}"
-    print(f"source model: MLflow run {run_id} ({cfg.model}, {cfg.dataset}, val_acc from its study)", flush=True)
+    classes = f" classes {','.join(map(str, cfg.classes))}" if cfg.classes else ""
+    print(f"source model: MLflow run {run_id} ({cfg.model} trained on {cfg.dataset}{classes})", flush=True)
     return str(Path(path).resolve()), None
 
 
@@ -107,6 +108,8 @@ def _latest_best_run(lookup: Any, studies: Sequence[str]) -> str | None:
     except MlflowException:
         pass
     exp = lookup.client.get_experiment_by_name("lab1")
+    if exp is None:
+        return None
     parents = [run for study in studies for run in lookup.client.search_runs(
         [exp.experiment_id], f"tags.study = '{study}'", order_by=["attributes.start_time DESC"], max_results=20)]
     for parent in sorted(parents, key=lambda run: run.info.start_time, reverse=True):
@@ -122,10 +125,14 @@ def _prepare_source(base: dict[str, Any], lookup: Any, candidates: Sequence[Sequ
     the best trial of the latest study in `candidates` that fits, else none: the trials then train
     one (seeded, the first saves it in the study's folder for the others)."""
     if base.get("source_checkpoint") and not base.get("source_run"):  # a path given with --set
-        cfg, model = lab1_source.load_checkpoint_model(base["source_checkpoint"])
+        given = base["source_checkpoint"]
+        try:
+            cfg, model = lab1_source.load_checkpoint_model(given)
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"source_checkpoint {given}: {e}") from None
         if (reason := conflict(cfg, model)) is not None:
-            raise ValueError(f"source_checkpoint cannot be the source: {reason}")
-        return {**base, "source_checkpoint": str(Path(base["source_checkpoint"]).resolve())}
+            raise ValueError(f"source_checkpoint {given} cannot be the source: {reason}")
+        return {**base, "source_checkpoint": str(Path(given).resolve())}
     if base.get("source_run"):
         path, reason = _fetch(lookup, base["source_run"], conflict)
         if reason is not None:
