@@ -12,6 +12,15 @@ from trainables.context import LocalContext
 from trainables.lab3_clip import ClipConfig, accuracy_metrics, train
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared 2-core machine makes 2 threads crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_aligned_embeddings_are_classified_as_their_class():
     torch.manual_seed(0)
     class_emb = torch.randn(10, 32)
@@ -88,7 +97,7 @@ def test_zero_shot_then_lora_raises_accuracy_on_the_shapes(tmp_path):
     ctx = LocalContext(data_dir=tmp_path)
     m = train(ClipConfig(method="lora", lora_towers="both", lora_rank=8, lr=1e-2, shots=32, epochs=10), ctx)
     assert m["test_acc_before"] == pytest.approx(zs["test_acc"])
-    assert m["val_acc"] > m["val_acc_before"] + 0.1
+    assert m["val_acc"] > m["val_acc_before"] + 0.08 and m["test_acc"] > m["test_acc_before"] + 0.05
     assert m["test_acc_linear"] > m["test_acc_linear_before"]
     # 2 towers x 2 layers x q,k,v (64 -> 64) at rank 8
     assert m["trainable_params"] == 2 * 2 * 3 * 8 * (64 + 64)

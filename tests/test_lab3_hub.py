@@ -14,6 +14,15 @@ from trainables.data import DataMissing, download_dataset, has_dataset
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared 2-core machine makes 2 threads crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def fake_snapshot(data_dir: Path, kind: str, repo: str) -> Path:
     """A snapshot laid out as huggingface_hub does: <kind>s--ORG--NAME/{refs/main, snapshots/<commit>/}."""
     root = hub.hub_cache(data_dir) / hub.repo_folder(kind, repo)

@@ -16,6 +16,15 @@ from trainables.text import LABEL_NOISE, generate_sentiment, load_text_model, ti
 SMALL = {"max_train": 256, "epochs": 1, "batch_size": 32, "lr": 2e-3}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared 2-core machine makes 2 threads crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_generated_sentences_are_seeded_balanced_and_noisy():
     a, b = generate_sentiment(2000, seed=3), generate_sentiment(2000, seed=3)
     assert a == b and a != generate_sentiment(2000, seed=4)

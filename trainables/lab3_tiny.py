@@ -42,8 +42,15 @@ def cached_state(name: str, recipe: dict[str, Any], build: Callable[[], dict[str
         except Exception:  # a damaged cache file is rebuilt, never trusted
             state = None
     if state is None:
-        with torch.random.fork_rng():  # the trial's own random stream stays untouched
-            state = build()
+        threads = torch.get_num_threads()
+        # One thread: the same weights bit for bit whatever the machine's thread count (summation
+        # order changes with threads, and a few hundred steps amplify it); fastest for tiny models too.
+        torch.set_num_threads(1)
+        try:
+            with torch.random.fork_rng():  # the trial's own random stream stays untouched
+                state = build()
+        finally:
+            torch.set_num_threads(threads)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
