@@ -136,8 +136,8 @@ def transfer_conflict(src: Lab1Config, state: dict[str, torch.Tensor], target: s
         return f"its {src.dataset} inputs have {channels} channel(s), {target} has {in_channels(target)}"
     if src.dataset == target:
         if not src.classes or not target_classes or set(src.classes) & set(target_classes):
-            seen = ",".join(map(str, src.classes)) or "all"
-            return f"it was trained on {target} classes {seen}, which overlap the target classes"
+            seen = f"{target} classes {','.join(map(str, src.classes))}" if src.classes else f"all {target} classes"
+            return f"it was trained on {seen}, which overlap the target classes (their test images would leak)"
     return None
 
 
