@@ -168,6 +168,20 @@ def resume_study(exp_dir: Path, *, uri: str) -> bool:
     return _fit(study, tracker, tuner)
 
 
+def check_fits(args: argparse.Namespace, resources: dict[str, float]) -> None:
+    """A trial that can never be placed would wait forever: say so before any run is created."""
+    cpus = resources.get("CPU", 0.0)
+    workers = args.workers_per_trial
+    need = workers * args.cpus_per_trial + (0.25 if workers > 1 else 0.0)
+    if need > cpus:
+        raise UsageError(f"a trial needs {need:g} CPUs ({workers} worker(s) x --cpus-per-trial {args.cpus_per_trial:g}"
+                         f"{' + 0.25 for its driver' if workers > 1 else ''}) but the cluster has {cpus:g}; "
+                         f"lower --cpus-per-trial")
+    if (args.gpus_per_trial or 0) * workers > resources.get("GPU", 0.0):
+        raise UsageError(f"--gpus-per-trial {args.gpus_per_trial:g} x {workers} worker(s) exceeds the cluster's "
+                         f"{resources.get('GPU', 0.0):g} GPUs")
+
+
 def run_planned(planned: list[Planned], args: argparse.Namespace, *, storage: str, data_dir: Path, launch: Path,
                 resume: dict[str, Path] | None = None) -> int:
     # Experiment state is saved after every result; with sub-second epochs Tune warns about it each time.
@@ -177,6 +191,7 @@ def run_planned(planned: list[Planned], args: argparse.Namespace, *, storage: st
     try:
         ray_mode = connect_ray(args.ray_address)
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        check_fits(args, ray.cluster_resources())
         for p in planned:
             if resume is not None:
                 ok = resume_study(resume[p.study.key], uri=uri)

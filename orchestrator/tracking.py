@@ -262,8 +262,9 @@ class MlflowTracker(tune.Callback):
                 self.files[trial.trial_id] = {p.name: json.loads(p.read_text()) for p in files.glob("*.json")
                                               if p.stat().st_size < 2**20}
             state_file = Path(folder) / STATE_FILE
-            if with_model and state_file.exists():
-                state = torch.load(state_file, map_location="cpu", weights_only=True)
+            state = torch.load(state_file, map_location="cpu", weights_only=True) \
+                if with_model and state_file.exists() else {}
+            if "model" in state:
                 with tempfile.TemporaryDirectory() as tmp:
                     torch.save({"model": state["model"], "config": state.get("config", {})}, Path(tmp) / "model.pt")
                     self.client.log_artifact(run_id, str(Path(tmp) / "model.pt"), "checkpoint")
