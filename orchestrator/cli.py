@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from trainables.config import ConfigError, field_names, from_dict, to_dict
+from trainables.config import ConfigError, from_dict, to_dict
 from trainables.data import DataMissing, download_dataset, has_dataset
 
 from . import studies as registry

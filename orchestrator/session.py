@@ -143,7 +143,7 @@ def start_study(p: Planned, args: argparse.Namespace, *, storage: str, data_dir:
                             params=params, resolve=spec.resolve, compare=study.compare, metric=study.metric,
                             mode=study.mode)
     print(f"== {study.key} ({args.profile}): {num_samples} trials; MLflow parent run {tracker.parent_id}", flush=True)
-    if not _fit(study, tracker, build_tuner(study, spec, opts, [tracker], epochs=spec.resolve({}).epochs)):
+    if not _fit(study, tracker, build_tuner(study, spec, opts, [tracker], epochs=getattr(spec.resolve({}), "epochs", 1))):
         return False
     return run_repeats(study, spec, opts, tracker, args.repeats) if args.repeats else True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -316,9 +317,10 @@ class Lookup:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             return None
-        names = ", ".join(f"'{s}'" for s in studies)
-        parents = self.client.search_runs([exp.experiment_id], f"tags.study IN ({names})",
-                                          order_by=["attributes.start_time DESC"], max_results=20)
+        # One query per study: MLflow's search grammar has no IN for tags.
+        parents = sorted((r for name in studies for r in self.client.search_runs(
+            [exp.experiment_id], f"tags.study = '{name}'", order_by=["attributes.start_time DESC"], max_results=20)
+            if r.data.tags.get("kind", "search") == "search"), key=lambda r: r.info.start_time, reverse=True)
         for parent in parents:
             best = parent.data.tags.get("best_run_id")
             if best and self.has_model(best):
@@ -340,6 +342,8 @@ class Lookup:
         if not self.has_model(run_id):
             raise FileNotFoundError(f"MLflow run {run_id} has no checkpoint/model.pt")
         dest.mkdir(parents=True, exist_ok=True)
+        # No progress bar: errors from here must stay one line.
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         return Path(self.client.download_artifacts(run_id, "checkpoint/model.pt", str(dest)))
 
 

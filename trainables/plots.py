@@ -19,7 +19,7 @@ History = Sequence[Mapping[str, Any]]
 def curves(history: History) -> Figure | None:
     """Loss and accuracy per epoch, train vs validation."""
     epochs = [h["epoch"] for h in history if "epoch" in h]
-    if not epochs:
+    if len(epochs) < 2:  # a one-shot trial (e.g. a fitted classifier) has no curve to show
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, what in zip(axes, ("loss", "acc")):

@@ -1,11 +1,9 @@
 """Lab 1 studies: MLP capacity, residual MLP/CNN over depth, ResNet-18, then transfer and CAM."""
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from search_spaces import lab1 as lab1_spaces
 from trainables import cam, lab1, lab1_figures, lab1_source, plots, transfer
@@ -57,29 +55,13 @@ def _created_dirs(path: Path) -> list[Path]:
     return missing
 
 
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _fetch(lookup: Any, run_id: str, conflict: Callable[[Any, Any], str | None]) -> tuple[str | None, str | None]:
     """Downloads and checks a run's model.pt: (path, None) when usable, (None, why not) when it
     conflicts with the study. Missing run / checkpoint or an unreadable one raise (one line)."""
     dest = lookup.workdir / f"source-{run_id}"
     new = _created_dirs(dest)
     try:
-        # MLflow draws a progress bar on stderr: an error must stay one line.
-        with _environ(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
-            path = lookup.download_model(run_id, dest)
+        path = lookup.download_model(run_id, dest)  # no progress bar: errors stay one line
         cfg, model = lab1_source.load_checkpoint_model(path)
         reason = conflict(cfg, model)
     except (ValueError, FileNotFoundError) as e:
@@ -96,27 +78,6 @@ def _fetch(lookup: Any, run_id: str, conflict: Callable[[Any, Any], str | None])
 def _remove(new: list[Path], dest: Path) -> None:
     """Leaves nothing behind of a rejected download: the folders it created, or its own folder."""
     shutil.rmtree(new[-1] if new else dest, ignore_errors=True)
-
-
-def _latest_best_run(lookup: Any, studies: Sequence[str]) -> str | None:
-    """`Lookup.latest_best_run`; where MLflow rejects its `tags.study IN (...)` filter (3.17 does),
-    the same question asked one study at a time with `=`."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return lookup.latest_best_run("lab1", list(studies))
-    except MlflowException:
-        pass
-    exp = lookup.client.get_experiment_by_name("lab1")
-    if exp is None:
-        return None
-    parents = [run for study in studies for run in lookup.client.search_runs(
-        [exp.experiment_id], f"tags.study = '{study}'", order_by=["attributes.start_time DESC"], max_results=20)]
-    for parent in sorted(parents, key=lambda run: run.info.start_time, reverse=True):
-        best = parent.data.tags.get("best_run_id")
-        if best and lookup.has_model(best):
-            return best
-    return None
 
 
 def _prepare_source(base: dict[str, Any], lookup: Any, candidates: Sequence[Sequence[str]],
@@ -140,7 +101,7 @@ def _prepare_source(base: dict[str, Any], lookup: Any, candidates: Sequence[Sequ
         return {**base, "source_checkpoint": path}
     tried: list[str] = []
     for studies in candidates:
-        run_id = _latest_best_run(lookup, studies)
+        run_id = lookup.latest_best_run("lab1", list(studies))
         if run_id is None or run_id in tried:
             continue
         tried.append(run_id)
