@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.search import Searcher
@@ -30,11 +31,34 @@ class StudyState:
     profile: str
 
 
-def latest_experiment(storage: str, study: Study) -> Path | None:
-    """The newest Tune experiment folder of `study` under a local storage folder."""
-    root = Path(storage)
-    found = sorted(p.parent for p in root.glob(f"{study.lab}-{study.name}-*/{STATE_FILE}"))
-    return found[-1] if found else None
+def _filesystem(storage: str) -> tuple[pafs.FileSystem, str]:
+    """Storage is a local folder or a URI (s3://, gs://, ...): pyarrow reaches both, as Tune does."""
+    if "://" in storage:
+        return pafs.FileSystem.from_uri(storage)
+    return pafs.LocalFileSystem(), str(Path(storage).resolve())
+
+
+def save_state(storage: str, name: str, state: StudyState) -> None:
+    fs, root = _filesystem(storage)
+    fs.create_dir(f"{root}/{name}", recursive=True)
+    with fs.open_output_stream(f"{root}/{name}/{STATE_FILE}") as f:
+        f.write(pickle.dumps(state))
+
+
+def load_state(experiment: str) -> StudyState:
+    fs, path = _filesystem(experiment)
+    with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
+        return pickle.loads(f.read())
+
+
+def latest_experiment(storage: str, study: Study) -> str | None:
+    """The newest Tune experiment of `study` under storage (its path or URI), if any."""
+    fs, root = _filesystem(storage)
+    prefix = f"{study.lab}-{study.name}-"
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix)
+                   and fs.get_file_info(f"{i.path}/{STATE_FILE}").type == pafs.FileType.File)
+    return f"{storage.rstrip('/')}/{names[-1]}" if names else None
 
 
 def _describe_best(tracker: MlflowTracker, metric: str) -> str:
@@ -116,11 +140,14 @@ def start_study(p: Planned, args: argparse.Namespace, *, storage: str, data_dir:
                 ray_mode: str, gpus: float) -> bool:
     study = p.study
     name = f"{study.lab}-{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    exp_dir = Path(storage) / name
+    exp_dir = f"{storage.rstrip('/')}/{name}"
+    # Inputs a study prepares (a source model) go where trials can read them: the storage folder
+    # (shared on a cluster); with a URI storage, the launch folder (single-node use only).
+    inputs = Path(exp_dir) / "inputs" if "://" not in storage else Path.cwd() / "inputs" / name
     base = p.base
     if study.prepare is not None:
         try:
-            base = study.prepare(dict(base), Lookup(uri, exp_dir / "inputs"))
+            base = study.prepare(dict(base), Lookup(uri, inputs))
         except (ValueError, FileNotFoundError) as e:
             raise UsageError(f"{study.key}: {e}") from None
     spec = TrialSpec(lab=study.lab, study=study.name, base=base, pins=p.pins, data_dir=str(data_dir),
@@ -131,10 +158,9 @@ def start_study(p: Planned, args: argparse.Namespace, *, storage: str, data_dir:
     opts = TuneOptions(num_samples=num_samples, max_concurrent=args.max_concurrent, seed=args.seed, storage=storage,
                        name=name, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus,
                        verbose=0 if args.quiet else 1)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / STATE_FILE).write_bytes(pickle.dumps(StudyState(spec, opts, args.profile)))
+    save_state(storage, name, StudyState(spec, opts, args.profile))
     tags = {"lab": study.lab, "study": study.name, "profile": args.profile, "git_commit": git_commit(REPO),
-            "ray": ray_mode, "tune_experiment": str(exp_dir)}
+            "ray": ray_mode, "tune_experiment": exp_dir}
     params = {"study": study.key, "profile": args.profile, "num_samples": num_samples,
               "max_concurrent": args.max_concurrent, "workers_per_trial": args.workers_per_trial,
               "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": gpus, "train_backend": spec.backend,
@@ -148,10 +174,10 @@ def start_study(p: Planned, args: argparse.Namespace, *, storage: str, data_dir:
     return run_repeats(study, spec, opts, tracker, args.repeats) if args.repeats else True
 
 
-def resume_study(exp_dir: Path, *, uri: str) -> bool:
+def resume_study(exp_dir: str, *, uri: str) -> bool:
     """Restores the Tune experiment (trials, searcher state) and goes on with a fresh tracker that
     reopens the invocation's parent run. Settings come from the saved study state, not the CLI."""
-    state: StudyState = pickle.loads((exp_dir / STATE_FILE).read_bytes())
+    state = load_state(exp_dir)
     spec, opts = state.spec, state.opts
     study = get_study(spec.lab, spec.study)
     parent = find_parent(uri, study.lab, str(exp_dir))
@@ -183,7 +209,7 @@ def check_fits(args: argparse.Namespace, resources: dict[str, float]) -> None:
 
 
 def run_planned(planned: list[Planned], args: argparse.Namespace, *, storage: str, data_dir: Path, launch: Path,
-                resume: dict[str, Path] | None = None) -> int:
+                resume: dict[str, str] | None = None) -> int:
     # Experiment state is saved after every result; with sub-second epochs Tune warns about it each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     uri = tracking_uri(args.mlflow_uri, launch)

@@ -40,3 +40,20 @@ def test_residual_mlp_study_logs_parent_children_metrics_and_figures(ray_local, 
         assert figures == {"figures/curves.png", "figures/grad_norms.png"}
         assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/model.pt"]
     assert {a.path for a in client.list_artifacts(parent_id, "figures")} == {"figures/comparison.png"}
+
+
+def test_storage_can_be_a_uri(ray_local, tmp_path, monkeypatch):
+    """--storage takes a URI (what a cluster's shared S3/GCS storage looks like); file:// here."""
+    from orchestrator.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"file://{tmp_path / 'shared'}"
+    rc = main(["lab1", "--study", "mlp-capacity", "--num-samples", "2", "--set", "epochs=2", "--quiet",
+               "--storage", uri, "--mlflow-uri", mlflow_uri(tmp_path)])
+    assert rc == 0
+    experiments = list((tmp_path / "shared").glob("lab1-mlp-capacity-*"))
+    assert len(experiments) == 1 and (experiments[0] / "dla_study.pkl").exists()
+    assert list(experiments[0].glob("run_trial_*/checkpoint_*"))
+    df = runs(tmp_path, "lab1")
+    assert len(df) == 3 and set(df.status) == {"FINISHED"}
+    assert df["tags.tune_experiment"].dropna().iloc[0].startswith("file://")
