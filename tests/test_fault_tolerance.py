@@ -2,6 +2,7 @@
 checkpoint; a SIGKILLed driver is resumed with --resume without rerunning finished trials."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,16 +21,16 @@ pytestmark = pytest.mark.slow
 
 
 def _kill_first_trial_after_checkpoint(storage: Path, epoch: int, killed: list[int]) -> None:
-    """Waits until some trial has written checkpoint `epoch`, then SIGKILLs that trial's process."""
-    from ray.util.state import list_actors
-
+    """Waits until some trial has written checkpoint `epoch`, then SIGKILLs that very trial's
+    process (its pid is in the trial's result.json), so the retry has a checkpoint to resume from."""
     deadline = time.time() + 180
     while time.time() < deadline:
-        if list(storage.glob(f"*/run_trial_*/checkpoint_{epoch:06d}")):
-            alive = list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")], detail=True)
-            if alive:
-                os.kill(alive[0].pid, signal.SIGKILL)
-                killed.append(alive[0].pid)
+        for ckpt in storage.glob(f"*/run_trial_*/checkpoint_{epoch:06d}"):
+            results = (ckpt.parent / "result.json").read_text().strip().splitlines()
+            if results:
+                pid = json.loads(results[-1])["pid"]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
                 return
         time.sleep(0.2)
 
@@ -76,9 +77,9 @@ def _children(tmp_path: Path):
 
 
 def test_resume_after_the_driver_was_killed(tmp_path):
-    driver = _cli(tmp_path, "first.log", "--num-samples", "4", "--max-concurrent", "2", "--set", "epochs=40")
+    driver = _cli(tmp_path, "first.log", "--num-samples", "4", "--max-concurrent", "2", "--set", "epochs=20")
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + 480
         while time.time() < deadline and sum(s == "FINISHED" for (s,) in _children(tmp_path)) < 1:
             time.sleep(0.5)
         assert sum(s == "FINISHED" for (s,) in _children(tmp_path)) >= 1, "no trial finished before the kill"
