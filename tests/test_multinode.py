@@ -3,6 +3,7 @@ the worker node): trials land on both nodes, a 2-worker DDP trial spans both nod
 reaches MLflow, and losing the worker node mid-study does not lose the study."""
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -93,19 +94,21 @@ def test_study_survives_losing_the_worker_node(cluster, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
     def remove_worker_once_a_trial_runs_there() -> None:
-        deadline = time.time() + 180
+        # Trials put their node id into every result (result.json in the trial folder).
+        deadline = time.time() + 300
         while time.time() < deadline:
-            alive = list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")], detail=True)
-            if any(a.node_id == worker.node_id for a in alive):
-                time.sleep(1.0)
-                c.remove_node(worker)
-                return
+            for result in (tmp_path / "ray_results").glob("*/run_trial_*/result.json"):
+                lines = result.read_text().strip().splitlines()
+                if lines and json.loads(lines[-1]).get("node_id") == worker.node_id:
+                    c.remove_node(worker)
+                    return
             time.sleep(0.2)
 
     remover = threading.Thread(target=remove_worker_once_a_trial_runs_there)
     remover.start()
     rc = run_cli(tmp_path, "lab1", "--study", "residual-mlp", "--num-samples", "4", "--max-concurrent", "4",
-                 "--max-failures", "3", "--gpus-per-trial", "0", "--set", "epochs=40", "depth=2")
+                 "--cpus-per-trial", "2", "--max-failures", "3", "--gpus-per-trial", "0", "--set", "epochs=40",
+                 "depth=2")
     remover.join()
     assert rc == 0
     assert worker not in c.worker_nodes, "the worker node was never removed"

@@ -62,9 +62,12 @@ def test_report_tables_match_the_mlflow_runs(ray_local, tmp_path, monkeypatch):
     assert len(repeats) == 1
     rep_children = df[df["tags.mlflow.parentRunId"] == repeats.run_id.iloc[0]]
     assert len(rep_children) == 2 * max(1, len(table) if study.report_by else 1)
-    mean = rep_children["metrics.test_acc"].mean()
     row = _table(md, "Re-run with several seeds")[0]
-    assert abs(float(re.match(r"([\d.]+) ±", row[-1]).group(1)) - mean) < 1e-3
+    config = dict(kv.split("=") for kv in row[0].split(", "))
+    group = rep_children[(rep_children["params.depth"] == config["depth"])
+                         & (rep_children["params.residual"] == config["residual"])]
+    assert len(group) == 2 and int(row[1]) == 2
+    assert abs(float(re.match(r"([\d.]+) ±", row[-1]).group(1)) - group["metrics.test_acc"].mean()) < 1e-3
     # The report is also an artifact of the study's parent run.
     import mlflow
 

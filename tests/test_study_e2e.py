@@ -12,7 +12,7 @@ def test_residual_mlp_study_logs_parent_children_metrics_and_figures(ray_local, 
     monkeypatch.chdir(tmp_path)
     # 4 trials at 0.5 CPU each on the fixture's 4 CPUs: all run at once, all log through the driver.
     rc = run_cli(tmp_path, "lab1", "--study", "residual-mlp", "--num-samples", "4", "--max-concurrent", "4",
-                 "--cpus-per-trial", "0.5", "--set", "epochs=3")
+                 "--cpus-per-trial", "0.5", "--set", "epochs=12")
     assert rc == 0
     df = runs(tmp_path, "lab1")
     parents = df[df["tags.mlflow.parentRunId"].isna()]
@@ -24,7 +24,7 @@ def test_residual_mlp_study_logs_parent_children_metrics_and_figures(ray_local, 
     assert parents["tags.study"].iloc[0] == "residual-mlp" and parents["tags.profile"].iloc[0] == "quick"
     for col in ("params.depth", "params.residual", "params.lr", "params.dataset", "params.epochs"):
         assert children[col].notna().all(), col
-    assert (children["params.epochs"] == "3").all()
+    assert (children["params.epochs"] == "12").all()
     # They really ran concurrently: some instant lies inside all four runs.
     assert children.start_time.max() < children.end_time.min()
 
@@ -33,7 +33,7 @@ def test_residual_mlp_study_logs_parent_children_metrics_and_figures(ray_local, 
     client = mlflow.MlflowClient(mlflow_uri(tmp_path))
     for run_id in children.run_id:
         history = client.get_metric_history(run_id, "val_acc")
-        assert sorted(m.step for m in history) == [1, 2, 3]
+        assert sorted(m.step for m in history) == list(range(1, 13))
         assert client.get_metric_history(run_id, "test_acc")
         assert client.get_metric_history(run_id, "grad_norm/00")
         figures = {a.path for a in client.list_artifacts(run_id, "figures")}

@@ -1,0 +1,125 @@
+"""Speed options of the training loop (bf16 autocast, channels_last, torch.compile): what a CPU can
+check. On CPU the defaults must change nothing; the CUDA-only paths are checked with CPU stand-ins."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import pytest
+import torch
+
+import trainables.training as training
+from trainables.config import ConfigError, from_dict
+from trainables.context import LocalContext
+from trainables.lab1 import Lab1Config, train
+from trainables.models import MLP, cnn
+from trainables.training import Speed, autocast_context, compile_model
+
+TINY = dict(model="cnn", dataset="digits", width=4, depth=1, num_stages=2, epochs=2, batch_size=64, max_train=256,
+            val_fraction=0.15, crop_pad=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Bit-for-bit comparisons and speed on a busy 2-core machine: one intra-op thread.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _conv() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return cnn(3, 10, 8, 1, True, (0.5,) * 3, (0.25,) * 3, 2)
+
+
+def test_flags_default_on_parse_from_strings_and_reject_junk():
+    assert (Lab1Config().amp, Lab1Config().channels_last, Lab1Config().compile) == (True, True, False)
+    cfg = from_dict(Lab1Config, {"amp": "false", "channels_last": "0", "compile": "true"})  # as --set gives them
+    assert (cfg.amp, cfg.channels_last, cfg.compile) == (False, False, True)
+    with pytest.raises(ConfigError, match="amp"):
+        from_dict(Lab1Config, {"amp": "maybe"})
+    with pytest.raises(ConfigError, match="compile"):
+        from_dict(Lab1Config, {"compile": "2"})
+
+
+def test_speed_applies_on_cuda_only_and_channels_last_to_conv_nets_only():
+    mlp = MLP((1, 8, 8), 10, 8, 1, False, (0.5,), (0.25,))
+    assert Speed.for_model(_conv(), torch.device("cpu")) == Speed(amp=False, channels_last=False)
+    assert Speed.for_model(_conv(), torch.device("cuda")) == Speed(amp=True, channels_last=True)
+    assert Speed.for_model(mlp, torch.device("cuda")) == Speed(amp=True, channels_last=False)
+    assert Speed.for_model(_conv(), torch.device("cuda"), amp=False, channels_last=False) == Speed()
+
+
+def test_autocast_is_a_no_op_off_cuda():
+    assert isinstance(autocast_context(torch.device("cpu"), True), contextlib.nullcontext)
+    assert isinstance(autocast_context(torch.device("cuda"), False), contextlib.nullcontext)
+    with warnings.catch_warnings():  # "CUDA is not available": the object is what we check
+        warnings.simplefilter("ignore")
+        ctx = autocast_context(torch.device("cuda"), True)
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+
+
+def test_the_defaults_change_nothing_on_cpu():
+    on, off = LocalContext(), LocalContext()
+    train(Lab1Config(**TINY), on)
+    train(Lab1Config(**TINY, amp=False, channels_last=False), off)
+    assert on.reports == off.reports  # bit for bit
+
+
+def test_channels_last_model_and_inputs_give_the_same_outputs():
+    """What the CUDA default does to the model and its inputs, run on CPU (the format exists there)."""
+    net = _conv().eval()
+    x = torch.rand(4, 3, 8, 8)
+    ref = net(x)
+    speed = Speed(channels_last=True)
+    out = speed.prepare(net)(speed.input(x))
+    assert net.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert speed.input(x).is_contiguous(memory_format=torch.channels_last)
+    assert speed.input(torch.rand(4, 10)).shape == (4, 10)  # non-image inputs pass through
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_the_loop_trains_and_evaluates_under_bf16_autocast(monkeypatch):
+    """The amp path of train_one_epoch/evaluate/predict, with CPU bf16 autocast standing in for CUDA's:
+    losses stay float32 and finite, accuracy accumulates, outputs are float32."""
+    from trainables.data import load_image_data
+
+    monkeypatch.setattr(training, "autocast_context",
+                        lambda device, enabled: torch.autocast("cpu", dtype=torch.bfloat16) if enabled
+                        else contextlib.nullcontext())
+    data = load_image_data("synthetic", None, torch.device("cpu"))
+    torch.manual_seed(0)
+    net = cnn(3, 10, 8, 1, True, (0.5,) * 3, (0.25,) * 3, 2)
+    opt = training.make_optimizer(net.parameters(), "adam", 3e-3, 0.0)
+    sched = training.make_scheduler(opt, "constant", 1)
+    speed = Speed(amp=True, channels_last=True)
+    speed.prepare(net)
+    losses = [training.train_one_epoch(net, opt, sched, data.train, batch_size=64, seed=0, epoch=e, speed=speed)[0]
+              for e in range(3)]
+    val_loss, val_acc = training.evaluate(net, data.val, speed=speed)
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    assert torch.isfinite(torch.tensor(val_loss)) and 0.0 <= val_acc <= 1.0
+    assert training.predict(net, data.val.x[:5], speed=speed).dtype == torch.float32
+
+
+def test_compile_flag_compiles_the_trained_net_once(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kwargs: compiled.append(net) or net)
+    train(Lab1Config(**{**TINY, "epochs": 1}, compile=True), LocalContext())
+    assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
+    compiled.clear()
+    train(Lab1Config(**{**TINY, "epochs": 1}), LocalContext())
+    assert compiled == []
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_outputs_on_cpu():
+    """torch.compile for real (~1 min on a busy 2-core CPU: inductor builds C++ kernels)."""
+    net = _conv().eval()
+    x = torch.rand(8, 3, 8, 8)
+    try:
+        out = compile_model(net, True)(x)
+    except Exception as e:  # no C++ toolchain here: say so instead of passing silently
+        pytest.skip(f"torch.compile does not work on this machine: {type(e).__name__}: {str(e)[:200]}")
+    torch.testing.assert_close(out, net(x), rtol=1e-4, atol=1e-5)
