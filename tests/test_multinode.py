@@ -43,6 +43,7 @@ def cluster():
 def _nodes_of(class_name: str) -> set[str]:
     from ray.util.state import list_actors
 
+
     return {a.node_id for a in list_actors(filters=[("class_name", "=", class_name)], detail=True, limit=10_000)}
 
 
@@ -88,7 +89,6 @@ def test_ddp_trial_spans_two_nodes(cluster, tmp_path, monkeypatch):
 
 
 def test_study_survives_losing_the_worker_node(cluster, tmp_path, monkeypatch):
-    from ray.util.state import list_actors
 
     c, worker = cluster
     monkeypatch.chdir(tmp_path)
