@@ -29,7 +29,8 @@ def _load(name: str) -> Any:
     return module
 
 
-@pytest.mark.parametrize("pad,flip,world_size", [(4, True, 1), (0, True, 1), (4, False, 1), (1, True, 2), (0, False, 1)])
+@pytest.mark.parametrize("pad,flip,world_size",
+                         [(4, True, 1), (0, True, 1), (4, False, 1), (1, True, 2), (0, False, 1)])
 def test_proposed_batches_are_bit_identical_to_the_project_loader(pad, flip, world_size):
     proposals = _load("proposals")
     gen = torch.Generator().manual_seed(0)

@@ -15,8 +15,8 @@ from .config import check
 from .context import Context, json_bytes
 from .data import ImageData, load_image_data, to_float
 from .models import MLP, cnn, resnet18_cifar
-from .training import (evaluate, layer_grad_norms, make_optimizer, make_scheduler, train_one_epoch,
-                       weights_digest)
+from .training import (Speed, compile_model, evaluate, layer_grad_norms, make_optimizer, make_scheduler,
+                       train_one_epoch, weights_digest)
 
 Dataset = Literal["digits", "mnist", "cifar10", "cifar100", "svhn", "synthetic"]
 
@@ -42,6 +42,9 @@ class Lab1Config:
     classes: tuple[int, ...] = ()  # keep only these labels (relabelled 0..k-1); () = all
     max_train: int = 0             # cap on training images (0 = all)
     grad_norms: bool = False       # per-layer gradient norms on one fixed batch, each epoch
+    amp: bool = True               # bf16 autocast on CUDA (no-op on CPU)
+    channels_last: bool = True     # NHWC memory format for conv nets on CUDA (no-op on CPU and for MLPs)
+    compile: bool = False          # torch.compile the model (any device; costs tens of seconds up front)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -77,7 +80,9 @@ def train(cfg: Lab1Config, ctx: Context) -> dict[str, float]:
     torch.manual_seed(cfg.seed)  # same initial weights on every DDP rank and every retry
     data = load_data(cfg, ctx)
     model = build_model(cfg, data.shape, data.num_classes, data.mean, data.std)
-    net = ctx.prepare_model(model)  # `model` stays the unwrapped module: what we save and probe
+    speed = Speed.for_model(model, ctx.device, amp=cfg.amp, channels_last=cfg.channels_last)
+    # `model` stays the unwrapped, uncompiled module: what we save and probe.
+    net = compile_model(ctx.prepare_model(speed.prepare(model)), cfg.compile)
     opt = make_optimizer(net.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps = -(-(len(data.train) // ctx.world_size) // cfg.batch_size)
     sched = make_scheduler(opt, cfg.schedule, cfg.epochs * steps)
@@ -93,8 +98,8 @@ def train(cfg: Lab1Config, ctx: Context) -> dict[str, float]:
     for epoch in range(start, cfg.epochs):
         train_loss, train_acc = train_one_epoch(net, opt, sched, data.train, batch_size=cfg.batch_size, seed=cfg.seed,
                                                 epoch=epoch, crop_pad=cfg.crop_pad, flip=cfg.flip, rank=ctx.rank,
-                                                world_size=ctx.world_size)
-        val_loss, val_acc = evaluate(net, data.val)
+                                                world_size=ctx.world_size, speed=speed)
+        val_loss, val_acc = evaluate(net, data.val, speed=speed)
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                    "val_acc": val_acc, "lr": sched.get_last_lr()[0], "world_size": ctx.world_size}
         if probe is not None:
@@ -102,7 +107,7 @@ def train(cfg: Lab1Config, ctx: Context) -> dict[str, float]:
             metrics.update({f"grad_norm/{i:02d}": v for i, v in enumerate(norms)})
         files = None
         if epoch + 1 == cfg.epochs:  # the test set, once, for the finished model
-            test_loss, test_acc = evaluate(net, data.test)
+            test_loss, test_acc = evaluate(net, data.test, speed=speed)
             metrics.update(test_loss=test_loss, test_acc=test_acc, weights_digest=weights_digest(model))
             files = {"config.json": json_bytes(asdict(cfg))}
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),

@@ -1,14 +1,72 @@
-"""The plain PyTorch loop shared by the labs: build optimizer/scheduler, one epoch, evaluate."""
+"""The plain PyTorch loop shared by the labs: build optimizer/scheduler, one epoch, evaluate.
+
+Speed on CUDA (`Speed`): bf16 autocast and channels_last memory format, both on by default in Lab 1's
+config and both no-ops off CUDA (CPU bf16 autocast is rarely faster, and it would change the
+CPU numerics the tests pin down); `compile_model` wraps a model in torch.compile, an
+option on any device. A lab adopts them with three lines (see trainables/lab1.py):
+
+    speed = Speed.for_model(model, ctx.device, amp=cfg.amp, channels_last=cfg.channels_last)
+    net = compile_model(ctx.prepare_model(speed.prepare(model)), cfg.compile)
+    ... train_one_epoch(..., speed=speed); evaluate(net, split, speed=speed)
+
+and in a custom loop: `with speed.autocast(): logits = net(speed.input(x))`.
+"""
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, ContextManager, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .data import Split, batches, to_float
+
+
+@dataclass(frozen=True)
+class Speed:
+    """What the loop does for speed on this device: `amp` = bf16 autocast, `channels_last` = NHWC
+    memory format for conv nets. Build it with `for_model`, which switches off what does not apply."""
+
+    amp: bool = False
+    channels_last: bool = False
+
+    @classmethod
+    def for_model(cls, model: nn.Module, device: torch.device, *, amp: bool = True,
+                  channels_last: bool = True) -> "Speed":
+        """Only on CUDA; channels_last only for models with 2-d convolutions (an MLP's Flatten
+        would copy NHWC inputs back for nothing)."""
+        cuda = torch.device(device).type == "cuda"
+        has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        return cls(amp=amp and cuda, channels_last=channels_last and cuda and has_conv)
+
+    def autocast(self) -> ContextManager[Any]:
+        return autocast_context(torch.device("cuda"), self.amp)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Converts the model's 4-d weights to channels_last (before DDP wraps it, as DDP wants)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+
+def autocast_context(device: torch.device, enabled: bool) -> ContextManager[Any]:
+    """bf16 autocast on CUDA when enabled (no GradScaler needed: bf16 has fp32's exponent range);
+    a no-op on any other device."""
+    if enabled and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def compile_model(net: nn.Module, enabled: bool) -> nn.Module:
+    """torch.compile(net) when enabled. Give it the DDP-wrapped net (compile after wrapping: the
+    compiler then splits the graph at DDP's gradient buckets, keeping communication overlapped).
+    The first steps pay the compilation (15-70 s for a tiny CNN on a busy 2-core CPU), so it pays off
+    for long runs only."""
+    return torch.compile(net) if enabled else net
 
 
 def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float,
@@ -28,7 +86,7 @@ def make_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int) 
 
 def train_one_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, split: Split, *, batch_size: int,
                     seed: int, epoch: int, crop_pad: int = 0, flip: bool = False, rank: int = 0,
-                    world_size: int = 1) -> tuple[float, float]:
+                    world_size: int = 1, speed: Speed = Speed()) -> tuple[float, float]:
     """One pass over this rank's shard; returns (mean loss, accuracy) over the samples it saw."""
     net.train()
     total_loss = torch.zeros((), device=split.x.device)
@@ -36,8 +94,9 @@ def train_one_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, spli
     seen = 0
     for x, y in batches(split, batch_size, shuffle=True, seed=seed, epoch=epoch, crop_pad=crop_pad, flip=flip,
                         rank=rank, world_size=world_size):
-        logits = net(x)
-        loss = F.cross_entropy(logits, y)
+        with speed.autocast():  # forward and loss; backward runs outside autocast, as PyTorch advises
+            logits = net(speed.input(x))
+            loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -50,25 +109,30 @@ def train_one_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, spli
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, split: Split, batch_size: int = 1024) -> tuple[float, float]:
+def evaluate(net: nn.Module, split: Split, batch_size: int = 1024, speed: Speed = Speed()) -> tuple[float, float]:
     """(mean loss, accuracy) on the whole split."""
     net.eval()
     total_loss = torch.zeros((), device=split.x.device)
     correct = torch.zeros((), device=split.x.device)
     for start in range(0, len(split), batch_size):
         x, y = to_float(split.x[start:start + batch_size]), split.y[start:start + batch_size]
-        logits = net(x)
-        total_loss += F.cross_entropy(logits, y, reduction="sum")
+        with speed.autocast():
+            logits = net(speed.input(x))
+            total_loss += F.cross_entropy(logits, y, reduction="sum").float()
         correct += (logits.argmax(1) == y).sum()
     n = max(len(split), 1)
     return (total_loss / n).item(), (correct / n).item()
 
 
 @torch.no_grad()
-def predict(net: nn.Module, x_uint8: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits for uint8 images, in eval mode."""
+def predict(net: nn.Module, x_uint8: torch.Tensor, batch_size: int = 1024, speed: Speed = Speed()) -> torch.Tensor:
+    """Logits (float32) for uint8 images, in eval mode."""
     net.eval()
-    return torch.cat([net(to_float(x_uint8[i:i + batch_size])) for i in range(0, len(x_uint8), batch_size)])
+    out = []
+    for i in range(0, len(x_uint8), batch_size):
+        with speed.autocast():
+            out.append(net(speed.input(to_float(x_uint8[i:i + batch_size]))).float())
+    return torch.cat(out)
 
 
 def layer_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]:
