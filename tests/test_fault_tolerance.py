@@ -58,8 +58,10 @@ def test_killed_trial_is_retried_from_its_checkpoint(ray_local, tmp_path, monkey
 def _cli(tmp_path: Path, log: str, *args: str) -> subprocess.Popen:
     # Output to a file: an unread pipe would fill up and block the driver.
     out = open(tmp_path / log, "w")
+    # An explicit --mlflow-uri: an earlier in-process test may have left MLFLOW_TRACKING_URI set.
     return subprocess.Popen([sys.executable, str(REPO / "orchestrator" / "run.py"), "lab1", "--study", "residual-mlp",
-                             "--quiet", *args], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True)
+                             "--quiet", "--mlflow-uri", mlflow_uri(tmp_path), *args], cwd=tmp_path, stdout=out,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def _children(tmp_path: Path):

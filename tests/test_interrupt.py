@@ -27,7 +27,8 @@ def _running_children(db: Path) -> int:
 def test_ctrl_c_ends_every_run(tmp_path):
     db = tmp_path / "mlflow.db"
     proc = subprocess.Popen([sys.executable, str(REPO / "orchestrator" / "run.py"), "lab1", "--study", "residual-mlp",
-                             "--set", "epochs=500", "--quiet", "--max-concurrent", "2"],
+                             "--set", "epochs=500", "--quiet", "--max-concurrent", "2",
+                             "--mlflow-uri", f"sqlite:///{db}"],  # not an inherited MLFLOW_TRACKING_URI
                             cwd=tmp_path, stdout=open(tmp_path / "out.log", "w"), stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 300
