@@ -7,12 +7,13 @@ import json
 import re
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from tests.conftest import FakeTrial
 
 from trainables.data import Split, batches
 
@@ -53,15 +54,6 @@ def test_proposed_crop_moves_pixels_and_fills_with_zeros():
     assert out.shape == x.shape
     assert (out == 0).any()  # some shifted images show the zero border
     assert any(torch.equal(o, x[0]) for o in out)  # and some drew the zero shift
-
-
-@dataclass
-class FakeTrial:
-    trial_id: str
-    config: dict[str, Any]
-    last_result: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Any = None
-    error_file: str = ""
 
 
 def test_async_tracker_logs_what_the_tracker_logs_and_reports_failures(tmp_path):

@@ -1,25 +1,14 @@
 """The MLflow tracker's run life cycle, driven like Tune drives it (no Ray needed)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
 
 import mlflow
 import pytest
 
 from orchestrator.tracking import MlflowTracker
-from tests.conftest import mlflow_uri
+from tests.conftest import FakeTrial, mlflow_uri
 from trainables.config import from_dict
 from trainables.lab1 import Lab1Config
-
-
-@dataclass
-class FakeTrial:
-    trial_id: str
-    config: dict[str, Any]
-    last_result: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Any = None
-    error_file: str = ""
 
 
 @pytest.fixture
