@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import platform
@@ -127,14 +126,14 @@ def finish(v: Verdict, args: argparse.Namespace) -> Verdict:
 
 
 @contextlib.contextmanager
-def reused_actors(enabled: bool = True) -> Iterator[None]:
-    """Tune's `reuse_actors=True` for every tuner built meanwhile (the proposed one-line change to
-    orchestrator/tuning.py, applied here by a benchmark-side patch of `ray.tune.TuneConfig`)."""
+def fresh_actor_per_trial() -> Iterator[None]:
+    """Tune's `reuse_actors=False` for every tuner built meanwhile (what orchestrator/tuning.py did
+    before it reused actors), by a benchmark-side patch of `ray.tune.TuneConfig`: the baseline of
+    the between-trials cost."""
     from ray import tune
 
     original = tune.TuneConfig
-    if enabled:
-        tune.TuneConfig = functools.partial(original, reuse_actors=True)
+    tune.TuneConfig = lambda *args, **kwargs: original(*args, **{**kwargs, "reuse_actors": False})
     try:
         yield
     finally:

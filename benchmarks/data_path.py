@@ -77,7 +77,6 @@ def main(argv: Sequence[str] | None = None) -> Verdict:
                         "DataLoader's one worker per core; on a shared machine 2 threads can be 50x slower)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    import proposals
     from trainables.data import batches
 
     n = 10_000 if args.quick else 50_000
@@ -85,19 +84,15 @@ def main(argv: Sequence[str] | None = None) -> Verdict:
     workers = os.cpu_count() or 1
     epochs = iter(range(1000))
     runs = interleaved({"loader": lambda: dataloader_rate(images, labels, workers),
-                        "project": lambda: project_rate(images, labels, next(epochs), batches),
-                        "proposed": lambda: project_rate(images, labels, next(epochs), proposals.batches)},
+                        "project": lambda: project_rate(images, labels, next(epochs), batches)},
                        repeats_of(args))
-    base, ours, proposed = median(runs["loader"]), median(runs["project"]), median(runs["proposed"])
+    base, ours = median(runs["loader"]), median(runs["project"])
     v = Verdict("data path: device-resident batches vs DataLoader + PIL", ours / base,
                 "trainables.data.batches / DataLoader (img/s)", ">=", 4.0,
                 rows=[(f"DataLoader + PIL, {workers} worker processes", base, "img/s"),
                       (f"trainables.data.batches, {args.threads} thread(s)", ours, "img/s"),
-                      ("proposals.batches (uint8 fused gather)", proposed, "img/s"),
                       ("images per epoch", n, ""), ("repeats (median)", len(runs["loader"]), "")],
-                notes=[f"proposed / DataLoader: {proposed / base:.2f} (bit-identical batches; "
-                       "replaces trainables.data.batches' crop/flip, see README)"],
-                extra={"runs": runs, "torch_threads": args.threads, "proposed_ratio": proposed / base})
+                extra={"runs": runs, "torch_threads": args.threads})
     return finish(v, args)
 
 

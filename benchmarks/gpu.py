@@ -3,7 +3,6 @@
 1. loader vs raw: Lab 1 models (the full profile's CNN, ResNet-18) trained through the project's
    loop and loader (`train_one_epoch` over a device-resident uint8 CIFAR-10-sized set, crop + flip)
    vs the same model and step on one fixed on-device batch (no data path at all). Goal >= 0.9.
-   The proposed loader (benchmarks/proposals.py) is measured too.
 2. ResNet-18 CIFAR-10 epoch (50,000 images, batch 256, SGD, crop + flip) with the defaults (bf16
    autocast + channels_last) and in fp32. Goal <= 1.2 s on an H100/H200.
 3. packing: k = 1, 2, 4, 8 processes each training the small CNN on the same GPU at once (what
@@ -11,7 +10,7 @@
 4. transformers at real size from configs (no weights needed): DistilBERT-base (batch 32 x 64
    tokens: the quick sentiment config) full fine-tune and LoRA (qv, r 8); CLIP ViT-B/16 with LoRA
    (qkv, r 2, both towers: the quick clip-lora config) on 32x32 images upsampled to 224, 10 classes.
-   Training steps/s, fp32 (what trainables/lab3*.py do now) and bf16 autocast.
+   Training steps/s, fp32 and bf16 autocast (Lab 3's default on CUDA).
 
 Synthetic data of the real shapes; models from configs. CPU smoke test (seconds, tiny sizes):
 
@@ -22,14 +21,13 @@ On a GPU machine (see benchmarks/README.md for installing on one without network
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import multiprocessing as mp
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from common import machine
 
@@ -82,30 +80,15 @@ def cifar_split(n: int, device: torch.device, image: int = 32) -> Any:
     return Split(x.to(device), torch.randint(0, 10, (n,), generator=gen).to(device))
 
 
-@contextlib.contextmanager
-def loader(kind: str) -> Iterator[None]:
-    """'project': trainables.data.batches as it is; 'proposed': benchmarks/proposals.batches."""
-    import trainables.training as training
-
-    original = training.batches
-    if kind == "proposed":
-        import proposals
-
-        training.batches = proposals.batches
-    try:
-        yield
-    finally:
-        training.batches = original
-
-
 def trainer(name: str, device: torch.device, sizes: Sizes, amp: bool = True, channels_last: bool = True,
-            compile: bool = False) -> dict[str, Callable[[], float]]:
+            compile: str = "", fused: bool = True) -> dict[str, Callable[[], float]]:
     """Closures timing one loader epoch and `raw_steps` fixed-batch steps; both return images/s."""
-    from trainables.training import compile_model, make_optimizer, make_scheduler, train_one_epoch
+    from trainables.training import make_optimizer, make_scheduler, train_one_epoch
 
     model, speed = lab_model(name, device, amp, channels_last, sizes.image)
-    net = compile_model(model, compile)
-    opt = make_optimizer(net.parameters(), "sgd", 0.05, 5e-4, 0.9)
+    net = torch.compile(model, mode=None if compile == "default" else compile) if compile else model
+    opt = (make_optimizer(net.parameters(), "sgd", 0.05, 5e-4, 0.9) if fused else  # fused on CUDA
+           torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4))
     sched = make_scheduler(opt, "constant", 1)
     split = cifar_split(sizes.images, device, sizes.image)
     xb = torch.rand(sizes.batch, 3, sizes.image, sizes.image, device=device)
@@ -144,18 +127,16 @@ def loader_vs_raw(device: torch.device, sizes: Sizes) -> dict[str, Any]:
         t["epoch"]()
         raw = max(t["raw"]() for _ in range(sizes.repeats))
         project = max(t["epoch"]() for _ in range(sizes.repeats))
-        with loader("proposed"):
-            proposed = max(t["epoch"]() for _ in range(sizes.repeats))
-        out[name] = {"raw_img_s": raw, "loader_img_s": project, "proposed_loader_img_s": proposed,
-                     "ratio": project / raw, "proposed_ratio": proposed / raw, "goal": ">= 0.9"}
+        out[name] = {"raw_img_s": raw, "loader_img_s": project, "ratio": project / raw, "goal": ">= 0.9"}
     return out
 
 
-def resnet_epoch(device: torch.device, sizes: Sizes, compile: bool) -> dict[str, Any]:
+def resnet_epoch(device: torch.device, sizes: Sizes, compile_modes: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    variants = {"bf16+channels_last": dict(amp=True, channels_last=True), "fp32": dict(amp=False, channels_last=False)}
-    if compile:
-        variants["bf16+channels_last+compile"] = dict(amp=True, channels_last=True, compile=True)
+    variants = {"bf16+channels_last": dict(amp=True, channels_last=True), "fp32": dict(amp=False, channels_last=False),
+                "bf16+channels_last, unfused SGD": dict(amp=True, channels_last=True, fused=False)}
+    for mode in compile_modes:
+        variants[f"bf16+channels_last+compile({mode})"] = dict(amp=True, channels_last=True, compile=mode)
     for label, kwargs in variants.items():
         t = trainer("resnet18", device, sizes, **kwargs)
         t["epoch"]()  # warm-up (and compilation)
@@ -310,7 +291,7 @@ def transformers_steps(device: torch.device, sizes: Sizes) -> dict[str, Any]:
 # ---------------------------------------------------------------- main
 SECTIONS: dict[str, Callable[[torch.device, Sizes, argparse.Namespace], dict[str, Any]]] = {
     "loader_vs_raw": lambda d, s, a: loader_vs_raw(d, s),
-    "resnet18_epoch": lambda d, s, a: resnet_epoch(d, s, a.compile),
+    "resnet18_epoch": lambda d, s, a: resnet_epoch(d, s, a.compile or []),
     "packing": lambda d, s, a: packing(d, s),
     "transformers": lambda d, s, a: transformers_steps(d, s),
 }
@@ -321,11 +302,11 @@ def summary(results: dict[str, Any]) -> list[str]:
     for name, r in results.get("loader_vs_raw", {}).items():
         if isinstance(r, dict) and "ratio" in r:
             lines.append(f"{name}: loader {r['loader_img_s']:,.0f} img/s vs raw {r['raw_img_s']:,.0f} -> ratio "
-                         f"{r['ratio']:.2f} (goal >= 0.9; proposed loader {r['proposed_ratio']:.2f})")
+                         f"{r['ratio']:.2f} (goal >= 0.9)")
     r = results.get("resnet18_epoch", {})
     if "bf16+channels_last" in r:
-        lines.append(f"resnet18 epoch: {r['bf16+channels_last']['epoch_s']:.2f} s bf16+CL, "
-                     f"{r['fp32']['epoch_s']:.2f} s fp32 (goal <= 1.2 s)")
+        lines.append("resnet18 epoch (goal <= 1.2 s): " + ", ".join(
+            f"{label} {v['epoch_s']:.2f} s" for label, v in r.items() if isinstance(v, dict) and "epoch_s" in v))
     r = results.get("packing", {})
     ks = [k for k in r if k.startswith("k=")]
     if ks:
@@ -342,7 +323,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --tiny: a smoke test)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes: seconds, for checking the script itself")
     p.add_argument("--only", action="append", choices=list(SECTIONS), help="run only these sections")
-    p.add_argument("--compile", action="store_true", help="also time ResNet-18 under torch.compile (~1 min more)")
+    p.add_argument("--compile", action="append", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="also time ResNet-18 under torch.compile in this mode (repeatable; ~1 min each)")
+    p.add_argument("--text-steps", type=int, default=0, help="timed steps per transformer case (default 20)")
     p.add_argument("--budget-s", type=float, default=270, help="skip the sections left once this is spent")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -351,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_num_threads(1)  # a smoke test on a shared machine: more threads only thrash
     sizes = TINY if args.tiny else Sizes()
+    if args.text_steps:
+        sizes = replace(sizes, text_steps=args.text_steps)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": machine(), "device": str(device), "sizes": asdict(sizes)}
     start = time.perf_counter()

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from common import Verdict, finish, median, parser, repeats_of, reused_actors, start_ray
+from common import Verdict, fresh_actor_per_trial, finish, median, parser, repeats_of, start_ray
 
 # Train's worker start-up bounded on a loaded machine (its default retries forever).
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
@@ -108,10 +108,10 @@ def instrumented() -> Iterator[Any]:
 
 
 def between_trials(cpus: float, folder: Path, uri: str, reuse: bool, trials: int = 3) -> dict[str, float]:
-    """A `trials`-trial study of 2-epoch trials run one after another (see `trial_gap`)."""
-    with reused_actors(reuse):
-        out = through_cli(2, cpus, folder, uri, ray_train=False, samples=trials, pins=PINS)
-    return out
+    """A `trials`-trial study of 2-epoch trials run one after another (see `trial_gap`); `reuse`:
+    as the orchestrator runs it (Tune reuses the trial process), else a fresh process per trial."""
+    with contextlib.nullcontext() if reuse else fresh_actor_per_trial():
+        return through_cli(2, cpus, folder, uri, ray_train=False, samples=trials, pins=PINS)
 
 
 def through_cli(epochs: int, cpus: float, folder: Path, uri: str, ray_train: bool, samples: int = 1,
@@ -186,13 +186,18 @@ def main(argv: Sequence[str] | None = None) -> Verdict:
     p.add_argument("--no-extras", action="store_true",
                    help="only (a) and (b): no TorchTrainer run (c), no 3-trial studies, no import timing (--quick)")
     p.add_argument("--train-poll", type=float, default=0,
-                   help="RAY_TRAIN_HEALTH_CHECK_INTERVAL_S for (c) (default: Ray's, 2 s; see README)")
+                   help="RAY_TRAIN_HEALTH_CHECK_INTERVAL_S for (c) (default: the orchestrator's, 0.1 s; Ray's "
+                        "own is 2 s, see README)")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.cpus)
     epochs = calibrate(args.seconds or (5.0 if args.quick else 30.0))
-    if args.train_poll:  # set before ray.init: the Train controller actor inherits the raylet's env
+    # Set before ray.init, as orchestrator.tuning.connect_ray does: the Train controller inherits it.
+    from orchestrator.tuning import TRAIN_ENV
+
+    os.environ.update(TRAIN_ENV)
+    if args.train_poll:
         os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(args.train_poll)
     ray_s = start_ray()
     folder = Path(tempfile.mkdtemp(prefix="dla-bench-overhead-"))
@@ -211,15 +216,15 @@ def main(argv: Sequence[str] | None = None) -> Verdict:
     modules = ("trainables.lab1", "orchestrator.execution")
     trial_imports = {m: cold_import_s(m) for m in modules} if extras else {m: float("nan") for m in modules}
 
-    runs: dict[str, list[dict[str, float]]] = {"a": [], "b": [], "c": [], "study": [], "study_reuse": []}
+    runs: dict[str, list[dict[str, float]]] = {"a": [], "b": [], "c": [], "study_fresh": [], "study": []}
     for _ in range(repeats_of(args)):
         runs["a"].append(in_process(epochs))
         runs["b"].append(through_cli(epochs, args.cpus, folder, uri, ray_train=False))
         if extras:
             runs["c"].append(through_cli(epochs, args.cpus, folder, uri, ray_train=True))
-    if extras:  # the per-trial cost inside a study, as is and with actors reused (once: ~1 min)
-        runs["study"].append(between_trials(args.cpus, folder, uri, reuse=False))
-        runs["study_reuse"].append(between_trials(args.cpus, folder, uri, reuse=True))
+    if extras:  # the per-trial cost inside a study, as run and with a fresh process per trial (~1 min)
+        runs["study_fresh"].append(between_trials(args.cpus, folder, uri, reuse=False))
+        runs["study"].append(between_trials(args.cpus, folder, uri, reuse=True))
 
     def med(key: str, field: str) -> float:
         values = [r[field] for r in runs[key] if field in r]
@@ -229,8 +234,9 @@ def main(argv: Sequence[str] | None = None) -> Verdict:
     rows = [("epochs of work", epochs, ""), ("(a) in-process", a, "s"), ("(b) one Tune trial via run.py", b, "s")]
     if runs["c"]:
         rows += [("(c) same, under TorchTrainer (1 worker)", med("c", "wall_s"), "s"),
-                 ("study of 3 trials: between trials, as is", med("study", "gap_between_trials_s"), "s"),
-                 ("study of 3 trials: between trials, reuse_actors", med("study_reuse", "gap_between_trials_s"), "s")]
+                 ("study of 3 trials: between trials (trial process reused)", med("study", "gap_between_trials_s"),
+                  "s"),
+                 ("    same with a fresh process per trial", med("study_fresh", "gap_between_trials_s"), "s")]
     rows += [("fixed cost (b) - (a)", b - a, "s"), ("ray.init (once, not in (b))", ray_s, "s"),
              ("MLflow store creation (once per store)", store_s, "s"),
              ("driver imports of the CLI (once per invocation)", import_s, "s"),
@@ -251,10 +257,10 @@ def main(argv: Sequence[str] | None = None) -> Verdict:
                 "(b) Tune trial / (a) in-process (wall s)", "<=", 1.07, rows=rows,
                 notes=[f"{args.cpus} CPU(s) per trial, torch threads {args.cpus} in-process; medians of "
                        f"{len(runs['a'])} interleaved repeat(s)"]
-                + ([f"with reuse_actors=True (proposed) a study's later trials cost "
-                    f"{med('study_reuse', 'gap_between_trials_s'):.2f} s each instead of "
-                    f"{med('study', 'gap_between_trials_s'):.2f} s: (b)/(a) for a later trial "
-                    f"~ {(a + med('study_reuse', 'gap_between_trials_s')) / a:.3f}"]
+                + ([f"a study's later trials reuse the trial process: "
+                    f"{med('study', 'gap_between_trials_s'):.2f} s each instead of "
+                    f"{med('study_fresh', 'gap_between_trials_s'):.2f} s; (b)/(a) for a later trial "
+                    f"~ {(a + med('study', 'gap_between_trials_s')) / a:.3f}"]
                    if runs["study"] else []),
                 extra={"runs": runs, "epochs": epochs, "ray_init_s": ray_s, "mlflow_store_s": store_s,
                        "driver_import_s": import_s, "trial_imports_s": trial_imports})

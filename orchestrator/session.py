@@ -114,7 +114,8 @@ def run_repeats(study: Study, spec: TrialSpec, opts: TuneOptions, parent: Mlflow
     tuner = tune.Tuner(
         make_trainable(spec, opts),
         tune_config=tune.TuneConfig(search_alg=FixedPoints(points, study.metric, study.mode),
-                                    num_samples=len(points), max_concurrent_trials=opts.max_concurrent),
+                                    num_samples=len(points), max_concurrent_trials=opts.max_concurrent,
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name=f"{opts.name}-repeats", storage_path=opts.storage, callbacks=[tracker],
                                   verbose=opts.verbose, checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures)))

@@ -9,9 +9,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from functools import cache
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import optuna
+if TYPE_CHECKING:
+    import optuna
 
 PROFILES = ("quick", "full")
 
@@ -23,7 +25,7 @@ class Study:
     question: str                                  # what the study answers (shown by `list`)
     trainable: Callable[[Any, Any], Any]           # train(config, ctx)
     config_cls: type
-    space: Callable[[optuna.Trial], Any]
+    space: Callable[["optuna.Trial"], Any]
     profiles: Mapping[str, Mapping[str, Any]]      # profile -> base config values
     num_samples: Mapping[str, int]                 # profile -> default number of trials
     metric: str = "val_acc"
@@ -51,25 +53,25 @@ class Study:
         return dict(self.profiles[profile])
 
 
-def _discover() -> dict[str, list[Study]]:
-    """Each module of `orchestrator.catalog` is one lab: its STUDIES list, in running order."""
+# Catalogs are imported per lab, on first use: a trial process then imports only its own lab's
+# trainables (Lab 3's transformers and Lab 1's grad-cam cost seconds of start-up per trial process).
+def labs() -> list[str]:
+    """Each module of `orchestrator.catalog` is one lab."""
     from . import catalog
 
-    names = sorted(m.name for m in pkgutil.iter_modules(catalog.__path__) if not m.name.startswith("_"))
-    return {name: list(importlib.import_module(f"{catalog.__name__}.{name}").STUDIES) for name in names}
+    return sorted(m.name for m in pkgutil.iter_modules(catalog.__path__) if not m.name.startswith("_"))
 
 
-REGISTRY: dict[str, list[Study]] = _discover()
-
-
-def labs() -> list[str]:
-    return list(REGISTRY)
-
-
+@cache
 def studies_of(lab: str) -> list[Study]:
-    if lab not in REGISTRY:
-        raise KeyError(f"unknown lab {lab!r} (known: {', '.join(REGISTRY)})")
-    return REGISTRY[lab]
+    """The lab's STUDIES list, in running order."""
+    if lab not in labs():
+        raise KeyError(f"unknown lab {lab!r} (known: {', '.join(labs())})")
+    return list(importlib.import_module(f"{__package__}.catalog.{lab}").STUDIES)
+
+
+def all_studies() -> list[Study]:
+    return [s for lab in labs() for s in studies_of(lab)]
 
 
 def get_study(lab: str, name: str) -> Study:
@@ -79,9 +81,11 @@ def get_study(lab: str, name: str) -> Study:
     raise KeyError(f"unknown study {name!r} for {lab} (known: {', '.join(s.name for s in studies_of(lab))})")
 
 
-def describe_space(space: Callable[[optuna.Trial], Any], probes: int = 64) -> dict[str, str]:
+def describe_space(space: Callable[["optuna.Trial"], Any], probes: int = 64) -> dict[str, str]:
     """Every parameter a define-by-run space can produce, with its distribution, found by running it
     on `probes` random Optuna trials (so conditional branches show up too)."""
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     found: dict[str, set[str]] = {}
@@ -94,7 +98,9 @@ def describe_space(space: Callable[[optuna.Trial], Any], probes: int = 64) -> di
     return {name: " | ".join(sorted(kinds)) for name, kinds in found.items()}
 
 
-def _describe(dist: optuna.distributions.BaseDistribution) -> str:
+def _describe(dist: "optuna.distributions.BaseDistribution") -> str:
+    import optuna
+
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return "{" + ", ".join(map(str, dist.choices)) + "}"
     scale = " log" if getattr(dist, "log", False) else ""

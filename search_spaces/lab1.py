@@ -1,7 +1,10 @@
 """Lab 1 search spaces (keys are `trainables.lab1.Lab1Config` fields)."""
 from __future__ import annotations
 
-import optuna
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: trial processes need not import optuna
+    import optuna
 
 DEPTHS = [1, 2, 4, 8, 16, 32]
 

@@ -1,7 +1,10 @@
 """Lab 3 search spaces (keys are `trainables.lab3.SentimentConfig` / `trainables.lab3_clip.ClipConfig` fields)."""
 from __future__ import annotations
 
-import optuna
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: trial processes need not import optuna
+    import optuna
 
 LORA_TARGETS = ["qv", "qkv", "qkvo", "all"]  # trainables.lab3_lora.PRESETS
 

@@ -6,7 +6,10 @@ digits (0.05..0.3); pin a narrower value with `--set epsilon=0.0314` where only 
 """
 from __future__ import annotations
 
-import optuna
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: trial processes need not import optuna
+    import optuna
 
 # ODIN's published grid (Liang et al. 2018): temperatures, and 21 input-step sizes in [0, 0.004].
 ODIN_TEMPERATURES = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.data import STATS, batches, load_image_data, random_crop, random_flip
+from trainables.data import STATS, Split, batches, load_image_data, random_crop_flip
 from trainables.models import Normalize
 
 
@@ -36,9 +36,9 @@ def test_augmentation_preserves_labels_and_shapes():
 
 
 def test_random_crop_is_a_translation_with_zero_fill():
-    x = torch.arange(16.0).view(1, 1, 4, 4).repeat(200, 1, 1, 1) + 1
-    out = random_crop(x, 1, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape
+    x = torch.arange(1, 17, dtype=torch.uint8).view(1, 1, 4, 4).repeat(200, 1, 1, 1)
+    out = random_crop_flip(x, 1, False, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
     for img in out[:50]:
         kept = img[img > 0]
         # every non-zero pixel is an original pixel value, and at least a 3x3 block survives
@@ -48,10 +48,46 @@ def test_random_crop_is_a_translation_with_zero_fill():
 
 def test_random_flip_flips_about_half_horizontally():
     x = torch.rand(1000, 1, 4, 4)
-    out = random_flip(x, torch.Generator().manual_seed(0))
+    out = random_crop_flip(x, 0, True, torch.Generator().manual_seed(0))
     flipped = torch.tensor([torch.equal(o, i.flip(2)) for o, i in zip(out, x)])
     same = torch.tensor([torch.equal(o, i) for o, i in zip(out, x)])
     assert (flipped | same).all() and 400 < int(flipped.sum()) < 600
+
+
+def _reference_batches(split, batch_size, *, seed, epoch, crop_pad, flip, rank=0, world_size=1):
+    """torchvision's RandomCrop(padding) + RandomHorizontalFlip written per image with slices, drawing
+    the same random numbers in the same order as the loader (permutation, dy, dx, flip coin)."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(split), generator=gen)
+    per_rank = len(split) // world_size
+    order = order[rank * per_rank:(rank + 1) * per_rank]
+    for start in range(0, per_rank, batch_size):
+        idx = order[start:start + batch_size]
+        x, (h, w) = split.x[idx].float() / 255, split.x.shape[2:]
+        b = len(idx)
+        if crop_pad:
+            dy = torch.randint(0, 2 * crop_pad + 1, (b,), generator=gen)
+            dx = torch.randint(0, 2 * crop_pad + 1, (b,), generator=gen)
+            padded = torch.nn.functional.pad(x, (crop_pad,) * 4)
+            x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+        if flip:
+            mirrored = torch.rand(b, generator=gen) < 0.5
+            x = torch.stack([img.flip(2) if m else img for img, m in zip(x, mirrored)])
+        yield x, split.y[idx]
+
+
+@pytest.mark.parametrize("pad,flip,world_size", [(4, True, 1), (0, True, 1), (4, False, 1), (1, True, 2)])
+def test_augmented_batches_match_a_per_image_reference(pad, flip, world_size):
+    gen = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (300, 3, 12, 10), dtype=torch.uint8, generator=gen),
+                  torch.randint(0, 10, (300,), generator=gen))
+    for rank in range(world_size):
+        kwargs = dict(seed=3, epoch=2, crop_pad=pad, flip=flip, rank=rank, world_size=world_size)
+        ours = list(batches(split, 64, shuffle=True, **kwargs))
+        ref = list(_reference_batches(split, 64, **kwargs))
+        assert len(ours) == len(ref) > 0
+        for (x1, y1), (x2, y2) in zip(ours, ref):
+            assert x1.dtype == torch.float32 and torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
 def test_ddp_ranks_get_disjoint_equal_shards():

@@ -104,10 +104,13 @@ def test_the_loop_trains_and_evaluates_under_bf16_autocast(monkeypatch):
 
 
 def test_compile_flag_compiles_the_trained_net_once(monkeypatch):
-    compiled = []
-    monkeypatch.setattr(torch, "compile", lambda net, **kwargs: compiled.append(net) or net)
+    compiled, modes = [], []
+    monkeypatch.setattr(torch, "compile", lambda net, **kwargs: compiled.append(net) or modes.append(kwargs) or net)
     train(Lab1Config(**{**TINY, "epochs": 1}, compile=True), LocalContext())
     assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
+    assert modes == [{"mode": None}]  # CUDA graphs only on one CUDA device
+    compile_model(compiled[0], True, cuda_graphs=True)
+    assert modes[-1] == {"mode": "reduce-overhead"}
     compiled.clear()
     train(Lab1Config(**{**TINY, "epochs": 1}), LocalContext())
     assert compiled == []
@@ -123,3 +126,53 @@ def test_torch_compile_gives_the_same_outputs_on_cpu():
     except Exception as e:  # no C++ toolchain here: say so instead of passing silently
         pytest.skip(f"torch.compile does not work on this machine: {type(e).__name__}: {str(e)[:200]}")
     torch.testing.assert_close(out, net(x), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- Lab 4 adopts the same options
+LAB4_TINY = dict(task="adv-train", dataset="digits", model="cnn", width=4, num_stages=2, epochs=2, batch_size=64,
+                 max_train=256, epsilon=0.1, eval_eps=0.1, eps_grid=(0.0, 0.1), pgd_steps=2, max_eval=64,
+                 co_batch=64, ood_set="noise")
+
+
+def test_lab4_defaults_change_nothing_on_cpu():
+    from trainables.lab4 import Lab4Config, train as train4
+
+    cfg = Lab4Config(**LAB4_TINY)
+    assert (cfg.amp, cfg.channels_last, cfg.compile) == (True, True, False)
+    on, off = LocalContext(), LocalContext()
+    train4(cfg, on)
+    train4(Lab4Config(**LAB4_TINY, amp=False, channels_last=False), off)
+    assert on.reports == off.reports  # bit for bit
+
+
+def test_lab4_trains_under_autocast_while_its_attacks_stay_fp32(monkeypatch):
+    """Lab 4 with the CUDA speed options forced on, CPU bf16 autocast standing in for CUDA's: the
+    training steps run under autocast on a channels_last model, the FGSM-RS examples mixed into
+    each batch are made outside it (float32 gradients w.r.t. the input)."""
+    import trainables.lab4 as lab4
+
+    autocasts = []
+
+    def cpu_autocast(device, enabled):
+        autocasts.append(enabled)
+        return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+    monkeypatch.setattr(training, "autocast_context", cpu_autocast)
+    monkeypatch.setattr(lab4.Speed, "for_model", classmethod(lambda cls, *a, **k: cls(amp=True, channels_last=True)))
+    seen = []
+    fgsm_rs = lab4.fgsm_rs
+
+    def watched(model, x, *args, **kwargs):
+        out = fgsm_rs(model, x, *args, **kwargs)
+        seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+        return out
+
+    monkeypatch.setattr(lab4, "fgsm_rs", watched)
+    ctx = LocalContext()
+    metrics = lab4.train(lab4.Lab4Config(**LAB4_TINY), ctx)
+    assert seen and all(s == (False, torch.float32) for s in seen)
+    assert autocasts.count(True) >= 2 * 4  # every training step of both epochs (256 images / 64)
+    conv = next(v for k, v in ctx.last_state["model"].items() if v.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in ctx.reports)
+    assert 0.0 <= metrics["test_acc"] <= 1.0 and "val_robust_acc" in metrics

@@ -4,11 +4,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from orchestrator.studies import REGISTRY, describe_space
+from orchestrator.studies import all_studies, describe_space
 from orchestrator.tuning import PinnedSpace
 from trainables.config import from_dict
 
-ALL = [s for studies in REGISTRY.values() for s in studies]
+ALL = all_studies()
 
 
 @pytest.mark.parametrize("study", ALL, ids=lambda s: s.key)

@@ -74,6 +74,61 @@ def test_parent_summary_and_clean_close(tmp_path, tracker):
 def test_a_retried_trial_continues_its_run(tmp_path, tracker):
     trial = FakeTrial("t0", {"depth": 1})
     tracker.on_trial_start(0, [], trial)
+    tracker.drain()
     first = tracker.runs["t0"]
     tracker.on_trial_start(0, [], trial)
+    tracker.drain()
     assert tracker.runs["t0"] == first and len(tracker.runs) == 1
+
+
+def test_hooks_queue_their_work_and_keep_a_snapshot_of_the_trial(tmp_path, tracker, monkeypatch):
+    import threading
+
+    release, finished = threading.Event(), []
+    log_params = tracker._log_params
+
+    def slow_log_params(*args):  # the writer is stuck here until released
+        release.wait(10)
+        log_params(*args)
+        finished.append(True)
+
+    monkeypatch.setattr(tracker, "_log_params", slow_log_params)
+    trial = FakeTrial("t0", {"depth": 2})
+    tracker.on_trial_start(0, [], trial)
+    for e in (1, 2):
+        trial.last_result = {"epoch": e, "val_acc": 0.4 * e, "done": e == 2, "test_acc": 0.7}
+        tracker.on_trial_result(0, [], trial, dict(trial.last_result))
+    tracker.on_trial_complete(0, [], trial)
+    trial.last_result = {"epoch": 99}  # Tune mutates its trials later: the queued work must not see it
+    assert not finished  # every hook returned while the writer was still busy with the first one
+    release.set()
+    assert tracker.rows()[0]["metrics"]["val_acc"] == pytest.approx(0.8)
+    tracker.close()
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    run = client.get_run(tracker.runs["t0"])
+    assert run.info.status == "FINISHED" and run.data.tags["stopped_early"] == "false"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "val_acc")] == pytest.approx([0.4, 0.8])
+
+
+def test_a_logging_failure_is_raised_at_close_after_the_runs_end(tmp_path, tracker):
+    tracker.on_trial_start(0, [], FakeTrial("bad", {"no_such_key": 1}))  # resolve() fails in the writer
+    good = FakeTrial("good", {"depth": 1})
+    _feed(tracker, good, 2, done=True)
+    tracker.on_trial_complete(0, [], good)
+    with pytest.raises(Exception, match="no_such_key"):
+        tracker.close()
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    assert client.get_run(tracker.runs["good"]).info.status == "FINISHED"
+    assert client.get_run(tracker.parent_id).info.status == "KILLED"  # "bad"'s run was left open
+
+
+def test_the_tracker_pickles_as_tune_saves_it_and_still_logs_after(tmp_path, tracker):
+    from ray import cloudpickle
+
+    copy = cloudpickle.loads(cloudpickle.dumps(tracker))  # Tune writes its callbacks into tuner.pkl
+    trial = FakeTrial("t0", {"depth": 1})
+    _feed(copy, trial, 1, done=True)
+    copy.on_trial_complete(0, [], trial)
+    assert copy.rows()[0]["metrics"]["val_acc"] == pytest.approx(0.1)
+    copy.close()
+    tracker.close()

@@ -198,24 +198,28 @@ def load_image_data(name: str, data_dir: Path | None, device: torch.device, *, v
 
 
 # ---------------------------------------------------------------- batches and augmentation
-def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to `pad` pixels with zero fill (= RandomCrop(size, padding=pad)),
-    for a whole batch in one gather."""
-    if pad <= 0:
-        return x
-    b, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=gen)
-    rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, :, None]  # (B, H, 1)
-    cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, :]  # (B, 1, W)
-    batch = torch.arange(b, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
-
-
-def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """RandomCrop(size, padding=pad) with zero fill, then RandomHorizontalFlip, for a whole batch of
+    any dtype as ONE gather on the flattened padded planes (the flip folded into the column index).
+    Done on the uint8 images before the float conversion: 2.3x faster than a float advanced-index
+    crop and a float flip, with the same draws in the same order (benchmarks/data_path.py)."""
+    b, c, h, w = x.shape
+    device = x.device
+    if pad > 0:
+        dy = torch.randint(0, 2 * pad + 1, (b,), device=device, generator=gen)
+        dx = torch.randint(0, 2 * pad + 1, (b,), device=device, generator=gen)
+        x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    else:
+        pad = 0
+        dy = dx = torch.zeros(b, dtype=torch.long, device=device)
+    cols = torch.arange(w, device=device).expand(b, w)
+    if flip:  # a mirrored image reads its crop's columns right to left
+        mirrored = torch.rand(b, device=device, generator=gen) < 0.5
+        cols = torch.where(mirrored[:, None], w - 1 - cols, cols)
+    rows = torch.arange(h, device=device)[None, :, None] + dy[:, None, None]       # (B, H, 1)
+    index = (rows * (w + 2 * pad) + (cols + dx[:, None])[:, None, :]).view(b, 1, h * w)
+    planes = x.reshape(b, c, -1)
+    return planes.gather(2, index.expand(b, c, h * w)).view(b, c, h, w)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -235,9 +239,7 @@ def batches(split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoc
     order = order[rank * per_rank:(rank + 1) * per_rank]
     for start in range(0, per_rank, batch_size):
         idx = order[start:start + batch_size]
-        x = to_float(split.x[idx])
-        if crop_pad:
-            x = random_crop(x, crop_pad, gen)
-        if flip:
-            x = random_flip(x, gen)
-        yield x, split.y[idx]
+        x = split.x[idx]
+        if crop_pad > 0 or flip:
+            x = random_crop_flip(x, crop_pad, flip, gen)
+        yield to_float(x), split.y[idx]

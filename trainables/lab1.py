@@ -82,7 +82,8 @@ def train(cfg: Lab1Config, ctx: Context) -> dict[str, float]:
     model = build_model(cfg, data.shape, data.num_classes, data.mean, data.std)
     speed = Speed.for_model(model, ctx.device, amp=cfg.amp, channels_last=cfg.channels_last)
     # `model` stays the unwrapped, uncompiled module: what we save and probe.
-    net = compile_model(ctx.prepare_model(speed.prepare(model)), cfg.compile)
+    net = compile_model(ctx.prepare_model(speed.prepare(model)), cfg.compile,
+                        cuda_graphs=ctx.device.type == "cuda" and ctx.world_size == 1)
     opt = make_optimizer(net.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps = -(-(len(data.train) // ctx.world_size) // cfg.batch_size)
     sched = make_scheduler(opt, cfg.schedule, cfg.epochs * steps)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import nn
 
 from .config import ConfigError, check, field_names, from_dict
 from .context import Context, LocalContext

@@ -60,6 +60,7 @@ class SentimentConfig:
     lora_alpha: float = 16.0       # adapter scale = alpha / rank
     lora_dropout: float = 0.1
     lora_targets: str = "qv"       # preset: qv | qkv | qkvo | all (see lab3_lora.py)
+    amp: bool = True               # bf16 mixed precision on CUDA (Trainer's bf16); no-op on CPU
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -205,7 +206,7 @@ def build_trainer(cfg: SentimentConfig, ctx: Context, model: nn.Module, tokenize
         per_device_eval_batch_size=max(cfg.batch_size, 64), learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup, lr_scheduler_type="linear", eval_strategy="epoch", logging_strategy="epoch",
         save_strategy="no", report_to="none", disable_tqdm=True, log_level="error", seed=cfg.seed, data_seed=cfg.seed,
-        use_cpu=ctx.device.type == "cpu", dataloader_num_workers=0)
+        use_cpu=ctx.device.type == "cpu", bf16=cfg.amp and ctx.device.type == "cuda", dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
                       compute_metrics=_compute_metrics, callbacks=[callback])

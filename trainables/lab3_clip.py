@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from .clip import SHAPE_CLASSES, TEMPLATES, PromptClassifier, load_clip, shapes_split
 from .config import check
 from .context import Context, json_bytes
-from .data import Split, batches, load_image_data
+from .data import Split, load_image_data
 from .lab3_lora import PRESETS, apply_lora, param_counts, trainable_state
-from .training import make_scheduler, weights_digest
+from .training import Speed, make_scheduler, train_one_epoch, weights_digest
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR100 = tuple((
@@ -58,6 +58,7 @@ class ClipConfig:
     lora_targets: str = "qkv"      # preset on the attention projections: qv | qkv | qkvo | all
     lora_towers: Literal["vision", "text", "both"] = "both"
     val_fraction: float = 0.1      # CIFAR / HF sets: of the training split, held out for selection
+    amp: bool = True               # bf16 autocast for the LoRA training steps on CUDA; no-op on CPU
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -222,6 +223,7 @@ def lora(cfg: ClipConfig, ctx: Context) -> dict[str, float]:
                             dropout=cfg.lora_dropout, towers=cfg.lora_towers)
     counts = param_counts(peft_model)
     net = ctx.prepare_model(head)
+    speed = Speed.for_model(head, ctx.device, amp=cfg.amp, channels_last=False)  # a ViT: NHWC buys nothing
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = -(-(len(data.train) // ctx.world_size) // cfg.batch_size)
@@ -234,7 +236,9 @@ def lora(cfg: ClipConfig, ctx: Context) -> dict[str, float]:
         start = int(state["epoch"]) + 1
     metrics: dict[str, float] = {}
     for epoch in range(start, cfg.epochs):
-        train_loss, train_acc = _train_epoch(net, head, opt, sched, data.train, cfg, epoch, ctx)
+        train_loss, train_acc = train_one_epoch(net, opt, sched, data.train, batch_size=cfg.batch_size,
+                                                seed=cfg.seed, epoch=epoch, rank=ctx.rank,
+                                                world_size=ctx.world_size, speed=speed)
         pred = predict(head, data.val, cfg.eval_batch)[0]
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                    **accuracy_metrics(pred, data.val.y, "val"), "lr": sched.get_last_lr()[0], **counts}
@@ -249,21 +253,3 @@ def lora(cfg: ClipConfig, ctx: Context) -> dict[str, float]:
                  "epoch": epoch, "config": asdict(cfg)}
         ctx.report(metrics, state=state, files=files)
     return metrics
-
-
-def _train_epoch(net: torch.nn.Module, head: PromptClassifier, opt: torch.optim.Optimizer, sched: Any, split: Split,
-                 cfg: ClipConfig, epoch: int, ctx: Context) -> tuple[float, float]:
-    head.train()
-    total, correct, seen = 0.0, 0, 0
-    for x, y in batches(split, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, rank=ctx.rank,
-                        world_size=ctx.world_size):
-        logits = net(x)
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        total += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(y)
-    return total / max(seen, 1), correct / max(seen, 1)

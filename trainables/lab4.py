@@ -30,7 +30,8 @@ from .context import Context, json_bytes
 from .data import ImageData, Split, batches, load_image_data, to_float
 from .lab1 import Lab1Config, build_model
 from .ood import ConvAutoencoder
-from .training import evaluate, make_optimizer, make_scheduler, train_one_epoch, weights_digest
+from .training import (Speed, compile_model, evaluate, make_optimizer, make_scheduler, train_one_epoch,
+                       weights_digest)
 
 Task = Literal["ood", "fgsm", "adv-train", "targeted"]
 OodSet = Literal["heldout", "noise", "fakedata", "cifar100", "svhn"]
@@ -84,6 +85,11 @@ class Lab4Config:
     co_ratio: float = 0.5              # PGD acc below co_ratio x its best = catastrophic overfitting
     co_gap: float = 0.3                # ... or FGSM acc - PGD acc above this (on the probe batch)
     co_batch: int = 256                # fixed validation images of the per-epoch PGD check
+    # speed (trainables/training.py): training steps and validation only; attacks, ODIN and the
+    # final evaluation stay fp32 (gradients w.r.t. inputs at eps = 1/255 are what they measure)
+    amp: bool = True                   # bf16 autocast on CUDA (no-op on CPU)
+    channels_last: bool = True         # NHWC memory format for conv nets on CUDA (no-op on CPU and for MLPs)
+    compile: bool = False              # torch.compile the training net (costs tens of seconds up front)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -127,44 +133,39 @@ def build_classifier(cfg: Lab4Config, data: ImageData) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------- epochs
 def adversarial_epoch(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, split: Split,
-                      cfg: Lab4Config, epoch: int, rank: int = 0, world_size: int = 1) -> tuple[float, float]:
+                      cfg: Lab4Config, epoch: int, rank: int = 0, world_size: int = 1,
+                      speed: Speed = Speed()) -> tuple[float, float]:
     """One epoch where the first round(mix * B) images of every shuffled batch are replaced by
     FGSM-RS examples made on the fly against the current weights; returns (loss, accuracy).
     The attack runs on the unwrapped `model` (same weights): a forward pass through DDP that is
     not followed by a parameter backward would leave its gradient reducer waiting."""
-    net.train()
     gen = torch.Generator(device=split.x.device).manual_seed(cfg.seed * 7919 + epoch * 1009 + rank)
-    total, correct, seen = 0.0, 0, 0
-    for x, y in batches(split, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, crop_pad=cfg.crop_pad,
-                        flip=cfg.flip, rank=rank, world_size=world_size):
+
+    def mix_in_adversarial(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         k = round(cfg.mix * len(y))
-        if k and cfg.epsilon > 0:
-            x = torch.cat([fgsm_rs(model, x[:k], y[:k], cfg.epsilon, alpha_ratio=cfg.alpha_ratio,
-                                   random_start=cfg.random_start, gen=gen), x[k:]])
-        logits = net(x)
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        total += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
-    return total / max(seen, 1), correct / max(seen, 1)
+        if not k or cfg.epsilon <= 0:
+            return x
+        adv = fgsm_rs(model, x[:k], y[:k], cfg.epsilon, alpha_ratio=cfg.alpha_ratio,
+                      random_start=cfg.random_start, gen=gen)
+        return torch.cat([adv, x[k:]])
+
+    return train_one_epoch(net, opt, sched, split, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                           crop_pad=cfg.crop_pad, flip=cfg.flip, rank=rank, world_size=world_size, speed=speed,
+                           perturb=mix_in_adversarial)
 
 
 def autoencoder_epoch(ae: nn.Module, opt: torch.optim.Optimizer, split: Split, cfg: Lab4Config, epoch: int) -> float:
     """One epoch of pixel-space MSE reconstruction; returns the mean training loss."""
     ae.train()
-    total, seen = 0.0, 0
+    total, seen = torch.zeros((), device=split.x.device), 0
     for x, _ in batches(split, cfg.batch_size, shuffle=True, seed=cfg.seed + 1, epoch=epoch):
         loss = F.mse_loss(ae(x), x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += loss.item() * len(x)
+        total += loss.detach() * len(x)  # on the device: no host sync per batch
         seen += len(x)
-    return total / max(seen, 1)
+    return (total / max(seen, 1)).item()
 
 
 @torch.no_grad()
@@ -210,6 +211,7 @@ class Models:
     model: nn.Module
     opt: torch.optim.Optimizer
     sched: Any
+    speed: Speed = Speed()
     ae: nn.Module | None = None
     ae_opt: torch.optim.Optimizer | None = None
     best_pgd: float = -1.0                      # adv-train: best probe PGD accuracy so far ...
@@ -242,11 +244,14 @@ class Models:
 def build(cfg: Lab4Config, ctx: Context, data: ImageData) -> tuple[Models, nn.Module]:
     """(models, net): net is the classifier as prepared by the context (what trains)."""
     model = build_classifier(cfg, data)
-    net = ctx.prepare_model(model)
+    speed = Speed.for_model(model, ctx.device, amp=cfg.amp, channels_last=cfg.channels_last)
+    # `model` stays the unwrapped, uncompiled module: what attacks, probes and checkpoints use.
+    net = compile_model(ctx.prepare_model(speed.prepare(model)), cfg.compile,
+                        cuda_graphs=ctx.device.type == "cuda" and ctx.world_size == 1)
     opt = make_optimizer(net.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps = -(-(len(data.train) // ctx.world_size) // cfg.batch_size)  # per epoch, on this rank's shard
     sched = make_scheduler(opt, cfg.schedule, cfg.epochs * steps)
-    models = Models(model, opt, sched)
+    models = Models(model, opt, sched, speed)
     if cfg.task == "ood":
         models.ae = ConvAutoencoder(data.shape, cfg.ae_width, cfg.ae_latent).to(ctx.device)
         models.ae_opt = torch.optim.Adam(models.ae.parameters(), lr=cfg.ae_lr)
@@ -259,12 +264,12 @@ def run_epoch(cfg: Lab4Config, ctx: Context, m: Models, net: nn.Module, data: Im
     DDP-wrapped: every rank trains the same one on the same batches."""
     if cfg.task == "adv-train":
         train_loss, train_acc = adversarial_epoch(net, m.model, m.opt, m.sched, data.train, cfg, epoch,
-                                                  ctx.rank, ctx.world_size)
+                                                  ctx.rank, ctx.world_size, m.speed)
     else:
         train_loss, train_acc = train_one_epoch(net, m.opt, m.sched, data.train, batch_size=cfg.batch_size,
                                                 seed=cfg.seed, epoch=epoch, crop_pad=cfg.crop_pad, flip=cfg.flip,
-                                                rank=ctx.rank, world_size=ctx.world_size)
-    val_loss, val_acc = evaluate(net, data.val)
+                                                rank=ctx.rank, world_size=ctx.world_size, speed=m.speed)
+    val_loss, val_acc = evaluate(net, data.val, speed=m.speed)
     metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                "val_acc": val_acc, "lr": m.sched.get_last_lr()[0]}
     if m.ae is not None:

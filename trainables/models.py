@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torchvision
 from torch import nn
 
 
@@ -127,6 +126,8 @@ def cnn(in_channels: int, num_classes: int, width: int, depth: int, residual: bo
 
 def resnet18_cifar(in_channels: int, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> ConvNet:
     """torchvision's ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool)."""
+    import torchvision  # here, not at the top: ~1 s of every trial process's start-up otherwise
+
     net = torchvision.models.resnet18(num_classes=num_classes)
     stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), net.bn1, net.relu)
     return ConvNet(Normalize(mean, std), stem, [net.layer1, net.layer2, net.layer3, net.layer4], 512, num_classes)
