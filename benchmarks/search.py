@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from common import Verdict, finish, median, parser, reused_actors, start_ray
+from common import Verdict, finish, median, parser, start_ray
 
 STUDY = ("lab1", "residual-cnn")
 GRID = {"depth": [1, 2, 4, 8], "residual": [False, True], "lr": [1e-3, 10 ** -2.5, 1e-2]}
@@ -84,8 +84,7 @@ def run_tpe_asha(seed: int, samples: int, epochs: int, folder: Path) -> list[tup
     opts = TuneOptions(num_samples=samples, max_concurrent=1, seed=seed, storage=str(folder),
                        name=f"search-seed{seed}-{time.monotonic_ns()}", verbose=0)
     rec = recorder()
-    with reused_actors():  # saves ~7 s of process start per trial here; no effect on trial-epochs
-        build_tuner(study, spec, opts, [rec], epochs=epochs).fit()
+    build_tuner(study, spec, opts, [rec], epochs=epochs).fit()
     return rec.results
 
 

@@ -200,7 +200,8 @@ def cmd_list() -> None:
         for s in registry.studies_of(lab):
             print(f"  {s.name}: {s.question}")
             print(f"    target: {s.mode} {s.metric}; early stopping: {'ASHA' if s.early_stopping else 'none'}; "
-                  f"trials: {', '.join(f'{k} {v}' for k, v in s.num_samples.items())}")
+                  f"trials: {', '.join(f'{k} {v}' for k, v in s.num_samples.items())}; "
+                  f"GPUs per trial: {s.gpus_per_trial:g}")
             for param, dist in registry.describe_space(s.space).items():
                 print(f"    {param}: {dist}")
 

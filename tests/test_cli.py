@@ -70,7 +70,7 @@ def test_list_prints_labs_studies_spaces_and_metrics(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     for text in ("lab1", "mlp-capacity", "residual-mlp", "residual-cnn", "resnet", "depth: {1, 2, 4, 8, 16, 32}",
-                 "residual: {False, True}", "target: max val_acc"):
+                 "residual: {False, True}", "target: max val_acc", "GPUs per trial: 0.25"):
         assert text in out, text
 
 

@@ -31,7 +31,8 @@ def test_lab1_defaults_train_in_bf16_channels_last_and_learn():
         Speed(amp=True, channels_last=True)
     ctx = LocalContext(device=CUDA)
     metrics = train(cfg, ctx)
-    assert _finite(ctx.reports) and metrics["val_acc"] > 0.5  # synthetic classes: chance is 0.1
+    assert _finite(ctx.reports) and metrics["val_acc"] > 0.2  # 10 synthetic classes: chance is 0.1
+    assert ctx.reports[-1]["train_loss"] < ctx.reports[0]["train_loss"] - 0.1
     conv = next(v for v in ctx.last_state["model"].values() if v.ndim == 4)
     assert conv.is_cuda and conv.is_contiguous(memory_format=torch.channels_last)
 

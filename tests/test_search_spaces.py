@@ -42,3 +42,11 @@ def test_describe_space_finds_conditional_branches():
     described = describe_space(resnet)
     assert set(described) == {"optimizer", "lr", "weight_decay", "batch_size"}
     assert "|" in described["lr"]  # two ranges, one per optimizer
+
+
+@pytest.mark.parametrize("samples,random_first", [(4, 3), (8, 3), (24, 8), (200, 10)])
+def test_tpe_warm_up_fits_the_trial_budget(samples, random_first):
+    from orchestrator.tuning import tpe_sampler
+
+    sampler = tpe_sampler(0, samples)
+    assert sampler._n_startup_trials == random_first  # a quick 8-trial study is not all random
