@@ -43,7 +43,6 @@ class TrialSpec:
     gpus_per_worker: float = 0.0
     storage: str = ""
     max_failures: int = 0
-    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def uses_ray_train(self) -> bool:
