@@ -14,6 +14,19 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread, a shared 2-core machine makes 2 threads crawl (OpenMP
+    threads waiting for each other; Ray sets OMP_NUM_THREADS=1 in trials for the same reason), and
+    bit-for-bit comparisons want one intra-op thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """A private local Ray for the module (never joins another instance on the machine)."""

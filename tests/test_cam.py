@@ -121,18 +121,8 @@ def test_cam_on_the_previous_layer_is_rejected_with_the_key():
 QUICK = dict(source_width=16, source_num_stages=2, source_epochs=5, images_per_class=2, mistakes=4, max_eval=200)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny nets gain nothing from threads; on a busy 2-core machine OpenMP threads waiting for each
-    other make the test many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
-def test_cam_trial_logs_a_grid_per_class_and_the_mistakes_and_heat_maps_beat_random(one_thread):
+def test_cam_trial_logs_a_grid_per_class_and_the_mistakes_and_heat_maps_beat_random(one_torch_thread):
     ctx = LocalContext()
     metrics = train(CamConfig(method="gradcam", layer="last", **QUICK), ctx)
     assert len(ctx.reports) == 1 and "test_acc" in metrics

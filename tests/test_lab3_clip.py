@@ -12,13 +12,7 @@ from trainables.context import LocalContext
 from trainables.lab3_clip import ClipConfig, accuracy_metrics, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared 2-core machine makes 2 threads crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_aligned_embeddings_are_classified_as_their_class():

@@ -11,13 +11,7 @@ from trainables.lab3_lora import PRESETS, adapted_modules, apply_lora, param_cou
 D, LAYERS, LABELS = 64, 2, 2  # trainables.text.tiny_distilbert_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared 2-core machine makes 2 threads crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_classifier(seed: int = 0):

@@ -16,13 +16,7 @@ from trainables.text import LABEL_NOISE, generate_sentiment, load_text_model, ti
 SMALL = {"max_train": 256, "epochs": 1, "batch_size": 32, "lr": 2e-3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared 2-core machine makes 2 threads crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_generated_sentences_are_seeded_balanced_and_noisy():

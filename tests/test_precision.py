@@ -19,13 +19,7 @@ TINY = dict(model="cnn", dataset="digits", width=4, depth=1, num_stages=2, epoch
             val_fraction=0.15, crop_pad=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Bit-for-bit comparisons and speed on a busy 2-core machine: one intra-op thread.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _conv() -> torch.nn.Module:

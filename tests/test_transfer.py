@@ -254,18 +254,8 @@ def test_first_trials_cover_every_variant_and_params_are_conditional(seed):
 
 
 # ---------------------------------------------------------------- the lab's finding
-@pytest.fixture
-def one_thread():
-    """Tiny nets gain nothing from threads, and on a busy 2-core machine OpenMP threads that wait
-    for each other make the test many times slower (as Ray does for its trials: OMP_NUM_THREADS=1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
-def test_transferred_features_beat_the_same_net_from_scratch_on_a_small_target_set(one_thread):
+def test_transferred_features_beat_the_same_net_from_scratch_on_a_small_target_set(one_torch_thread):
     """Digits 0-4 -> 5-9 with 20 target training images, 5 seeds: frozen source features + a linear
     SVM, and fine-tuning the last two stages, beat the same CNN trained from random initialisation
     (whose lr gets its own selection on validation)."""
