@@ -273,3 +273,11 @@ def test_transferred_features_beat_the_same_net_from_scratch_on_a_small_target_s
     assert mean["linear-svc"] > mean["scratch"] + 0.05, acc
     assert mean["finetune"] > mean["scratch"] + 0.05, acc
 
+
+
+def test_speed_defaults_change_nothing_on_cpu(source_ckpt):
+    """bf16 + channels_last are on by default (for CUDA) and must leave CPU training bit for bit alone."""
+    assert (TransferConfig().amp, TransferConfig().channels_last) == (True, True)
+    _, on = _run("finetune", source_ckpt)
+    _, off = _run("finetune", source_ckpt, amp=False, channels_last=False)
+    assert on.reports == off.reports

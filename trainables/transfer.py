@@ -29,7 +29,7 @@ from .data import ImageData, Split, load_image_data, to_float
 from .lab1 import Dataset
 from .lab1_source import SourceFields, describe, obtain_source
 from .models import ConvNet
-from .training import evaluate, make_optimizer, make_scheduler, train_one_epoch
+from .training import Speed, evaluate, make_optimizer, make_scheduler, train_one_epoch
 
 Variant = Literal["linear-svc", "knn", "head", "finetune", "scratch"]
 SKLEARN_VARIANTS = ("linear-svc", "knn")
@@ -53,6 +53,8 @@ class TransferConfig(SourceFields):
     crop_pad: int = 0                       # random-crop padding in pixels (0 = none)
     flip: bool = False
     unfreeze_stages: int = 1                # finetune: the last k stages train (clamped to the net's stages)
+    amp: bool = True                        # bf16 autocast on CUDA for head/finetune/scratch (no-op on CPU)
+    channels_last: bool = True              # NHWC memory format on CUDA (no-op on CPU and for MLPs)
     # scikit-learn variants
     svc_c: float = 1.0                      # LinearSVC inverse regularisation
     knn_k: int = 5                          # neighbours
@@ -160,7 +162,8 @@ def train(cfg: TransferConfig, ctx: Context) -> dict[str, float]:
         torch.manual_seed(cfg.seed)  # random initial weights, the same for every scratch trial
         source.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
     model, frozen, stages = target_model(cfg, source, data.num_classes)
-    net = ctx.prepare_model(PartlyFrozen(model, frozen))
+    speed = Speed.for_model(model, ctx.device, amp=cfg.amp, channels_last=cfg.channels_last)
+    net = ctx.prepare_model(PartlyFrozen(speed.prepare(model), frozen))
     params = [p for p in net.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps = -(-(len(data.train) // ctx.world_size) // cfg.batch_size)
@@ -178,13 +181,13 @@ def train(cfg: TransferConfig, ctx: Context) -> dict[str, float]:
     for epoch in range(start, cfg.epochs):
         train_loss, train_acc = train_one_epoch(net, opt, sched, data.train, batch_size=cfg.batch_size, seed=cfg.seed,
                                                 epoch=epoch, crop_pad=cfg.crop_pad, flip=cfg.flip, rank=ctx.rank,
-                                                world_size=ctx.world_size)
-        val_loss, val_acc = evaluate(net, data.val)
+                                                world_size=ctx.world_size, speed=speed)
+        val_loss, val_acc = evaluate(net, data.val, speed=speed)
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                    "val_acc": val_acc, "lr": sched.get_last_lr()[0], **fixed}
         last = epoch + 1 == cfg.epochs
         if last:  # the test set, once, for the finished model
-            metrics["test_loss"], metrics["test_acc"] = evaluate(net, data.test)
+            metrics["test_loss"], metrics["test_acc"] = evaluate(net, data.test, speed=speed)
         state_out = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "epoch": epoch, "config": asdict(cfg)}
         ctx.report(metrics, state=state_out, files=files if last else None)
