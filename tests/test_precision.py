@@ -37,12 +37,15 @@ def test_flags_default_on_parse_from_strings_and_reject_junk():
         from_dict(Lab1Config, {"compile": "2"})
 
 
-def test_speed_applies_on_cuda_only_and_channels_last_to_conv_nets_only():
+def test_speed_applies_on_cuda_only_and_channels_last_to_conv_nets_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # an Ampere+ GPU
     mlp = MLP((1, 8, 8), 10, 8, 1, False, (0.5,), (0.25,))
     assert Speed.for_model(_conv(), torch.device("cpu")) == Speed(amp=False, channels_last=False)
     assert Speed.for_model(_conv(), torch.device("cuda")) == Speed(amp=True, channels_last=True)
     assert Speed.for_model(mlp, torch.device("cuda")) == Speed(amp=True, channels_last=False)
     assert Speed.for_model(_conv(), torch.device("cuda"), amp=False, channels_last=False) == Speed()
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)  # a V100 / T4
+    assert Speed.for_model(_conv(), torch.device("cuda")) == Speed(amp=False, channels_last=True)
 
 
 def test_autocast_is_a_no_op_off_cuda():

@@ -34,7 +34,7 @@ from .config import check
 from .context import Context, json_bytes
 from .lab3_lora import PRESETS, apply_lora, param_counts, trainable_state
 from .text import load_sentiment, load_text_model, load_tokenizer, tokenize
-from .training import weights_digest
+from .training import bf16_on, weights_digest
 
 Method = Literal["frozen", "finetune", "lora"]
 
@@ -206,7 +206,7 @@ def build_trainer(cfg: SentimentConfig, ctx: Context, model: nn.Module, tokenize
         per_device_eval_batch_size=max(cfg.batch_size, 64), learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup, lr_scheduler_type="linear", eval_strategy="epoch", logging_strategy="epoch",
         save_strategy="no", report_to="none", disable_tqdm=True, log_level="error", seed=cfg.seed, data_seed=cfg.seed,
-        use_cpu=ctx.device.type == "cpu", bf16=cfg.amp and ctx.device.type == "cuda", dataloader_num_workers=0)
+        use_cpu=ctx.device.type == "cpu", bf16=cfg.amp and bf16_on(ctx.device), dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
                       compute_metrics=_compute_metrics, callbacks=[callback])

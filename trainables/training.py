@@ -40,7 +40,7 @@ class Speed:
         would copy NHWC inputs back for nothing)."""
         cuda = torch.device(device).type == "cuda"
         has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-        return cls(amp=amp and cuda, channels_last=channels_last and cuda and has_conv)
+        return cls(amp=amp and bf16_on(device), channels_last=channels_last and cuda and has_conv)
 
     def autocast(self) -> ContextManager[Any]:
         return autocast_context(torch.device("cuda"), self.amp)
@@ -51,6 +51,12 @@ class Speed:
 
     def input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+
+def bf16_on(device: torch.device) -> bool:
+    """bf16 mixed precision pays on CUDA GPUs with bf16 units (Ampere and later); older GPUs (V100,
+    T4) would emulate it slowly, and Hugging Face's Trainer refuses `bf16=True` there."""
+    return torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def autocast_context(device: torch.device, enabled: bool) -> ContextManager[Any]:
