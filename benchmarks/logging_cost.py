@@ -3,7 +3,7 @@ per study, against the trial time of the quick profile.
 
 One real quick-profile trial of Lab 1 `residual-cnn` (digits, CNN, gradient norms on: ~25 metrics
 an epoch) runs in-process; its per-epoch metrics and final checkpoint (state + files) are kept.
-The tracker is then driven the way Tune drives it (fake trial objects, as in tests/test_tracking.py,
+The tracker is then driven the way Tune drives it (`TrialView`s for trials, as in tests/test_tracking.py,
 no Ray): a parent run, and for each of the study's trials a child run with the resolved config,
 every epoch's metrics flushed at once (flush_s=0: the worst case; the driver batches them every 2 s),
 the curves figure, the checkpoint's files and model.pt; at the end the study summary, comparison
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,15 +26,6 @@ from common import Verdict, finish, median, parser, repeats_of
 
 STUDY = ("lab1", "residual-cnn")
 SAMPLED = {"depth": 2, "residual": True, "lr": 3e-3}
-
-
-@dataclass
-class FakeTrial:
-    trial_id: str
-    config: dict[str, Any]
-    last_result: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Any = None
-    error_file: str = ""
 
 
 def one_trial(epochs: int, folder: Path) -> tuple[float, list[dict[str, float]], Path]:
@@ -63,7 +53,7 @@ def log_study(uri: str, trials: int, history: list[dict[str, float]], checkpoint
     from ray import tune
 
     from orchestrator.studies import get_study
-    from orchestrator.tracking import MlflowTracker
+    from orchestrator.tracking import MlflowTracker, TrialView
     from trainables.config import from_dict
 
     study = get_study(*STUDY)
@@ -83,7 +73,7 @@ def log_study(uri: str, trials: int, history: list[dict[str, float]], checkpoint
 
     starts, epochs, completes = [], [], []
     for i in range(trials):
-        trial = FakeTrial(f"bench{i:03d}", dict(SAMPLED))
+        trial = TrialView(f"bench{i:03d}", dict(SAMPLED))
         starts.append(timed(tracker.on_trial_start, trial))
         for e, metrics in enumerate(history, 1):
             result = {**metrics, "training_iteration": e, "time_this_iter_s": 0.1, "pid": 1, "done": e == len(history)}

@@ -24,8 +24,8 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -64,12 +64,22 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return exp.experiment_id if exp is not None else client.create_experiment(name)
 
 
-def _snapshot(trial: Any) -> SimpleNamespace:
-    """What the writer needs of a Tune trial, copied when Tune calls the hook (Tune mutates its
-    trials afterwards: a later result must not leak into an earlier hook's work)."""
-    return SimpleNamespace(trial_id=trial.trial_id, config=dict(trial.config),
-                           last_result=dict(trial.last_result or {}), checkpoint=trial.checkpoint,
-                           error_file=str(getattr(trial, "error_file", "") or ""))
+@dataclass
+class TrialView:
+    """What the tracker reads of a Tune trial, copied when Tune calls a hook: Tune mutates its trials
+    afterwards, and a later result must not leak into an earlier hook's queued work. Tests and
+    benchmarks drive the tracker with these directly, without Ray."""
+
+    trial_id: str
+    config: dict[str, Any]
+    last_result: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Any = None
+    error_file: str = ""
+
+    @classmethod
+    def of(cls, trial: Any) -> "TrialView":
+        return cls(trial.trial_id, dict(trial.config), dict(trial.last_result or {}), trial.checkpoint,
+                   str(getattr(trial, "error_file", "") or ""))
 
 
 class MlflowTracker(tune.Callback):
@@ -169,19 +179,19 @@ class MlflowTracker(tune.Callback):
 
     # ------------------------------------------------------------------ Tune hooks (Tune's loop)
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._later(self._trial_started, _snapshot(trial))
+        self._later(self._trial_started, TrialView.of(trial))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._later(self._trial_recovered, _snapshot(trial))
+        self._later(self._trial_recovered, TrialView.of(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self._later(self._trial_result, _snapshot(trial), dict(result))
+        self._later(self._trial_result, TrialView.of(trial), dict(result))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._later(self._trial_completed, _snapshot(trial))
+        self._later(self._trial_completed, TrialView.of(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._later(self._trial_failed, _snapshot(trial))
+        self._later(self._trial_failed, TrialView.of(trial))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.close()

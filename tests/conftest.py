@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +54,3 @@ def runs(tmp_path: Path, experiment: str) -> Any:
 
     mlflow.set_tracking_uri(mlflow_uri(tmp_path))
     return mlflow.search_runs(experiment_names=[experiment])
-
-
-@dataclass
-class FakeTrial:
-    """What the MLflow tracker reads of a Tune trial, for driving it without Ray."""
-
-    trial_id: str
-    config: dict[str, Any]
-    last_result: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Any = None
-    error_file: str = ""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from orchestrator.tracking import MlflowTracker
-from tests.conftest import FakeTrial, mlflow_uri
+from orchestrator.tracking import MlflowTracker, TrialView
+from tests.conftest import mlflow_uri
 from trainables.config import from_dict
 from trainables.lab1 import Lab1Config
 
@@ -33,7 +33,7 @@ def _run(tmp_path, tracker, trial_id):
 
 
 def test_finished_stopped_failed_and_killed_trials(tmp_path, tracker):
-    done, stopped, failed, killed = (FakeTrial(f"t{i}", {"depth": 2 ** i}) for i in range(4))
+    done, stopped, failed, killed = (TrialView(f"t{i}", {"depth": 2 ** i}) for i in range(4))
     _feed(tracker, done, 3, done=True)
     tracker.on_trial_complete(0, [], done)
     _feed(tracker, stopped, 1, done=False)          # ASHA stopped it after one epoch
@@ -58,7 +58,7 @@ def test_finished_stopped_failed_and_killed_trials(tmp_path, tracker):
 
 def test_parent_summary_and_clean_close(tmp_path, tracker):
     for i, acc in enumerate((0.3, 0.9)):
-        trial = FakeTrial(f"t{i}", {"depth": i + 1})
+        trial = TrialView(f"t{i}", {"depth": i + 1})
         tracker.on_trial_start(0, [], trial)
         trial.last_result = {"epoch": 1, "val_acc": acc, "test_acc": acc - 0.1, "done": True}
         tracker.on_trial_result(0, [], trial, trial.last_result)
@@ -72,7 +72,7 @@ def test_parent_summary_and_clean_close(tmp_path, tracker):
 
 
 def test_a_retried_trial_continues_its_run(tmp_path, tracker):
-    trial = FakeTrial("t0", {"depth": 1})
+    trial = TrialView("t0", {"depth": 1})
     tracker.on_trial_start(0, [], trial)
     tracker.drain()
     first = tracker.runs["t0"]
@@ -93,7 +93,7 @@ def test_hooks_queue_their_work_and_keep_a_snapshot_of_the_trial(tmp_path, track
         finished.append(True)
 
     monkeypatch.setattr(tracker, "_log_params", slow_log_params)
-    trial = FakeTrial("t0", {"depth": 2})
+    trial = TrialView("t0", {"depth": 2})
     tracker.on_trial_start(0, [], trial)
     for e in (1, 2):
         trial.last_result = {"epoch": e, "val_acc": 0.4 * e, "done": e == 2, "test_acc": 0.7}
@@ -111,8 +111,8 @@ def test_hooks_queue_their_work_and_keep_a_snapshot_of_the_trial(tmp_path, track
 
 
 def test_a_logging_failure_is_raised_at_close_after_the_runs_end(tmp_path, tracker):
-    tracker.on_trial_start(0, [], FakeTrial("bad", {"no_such_key": 1}))  # resolve() fails in the writer
-    good = FakeTrial("good", {"depth": 1})
+    tracker.on_trial_start(0, [], TrialView("bad", {"no_such_key": 1}))  # resolve() fails in the writer
+    good = TrialView("good", {"depth": 1})
     _feed(tracker, good, 2, done=True)
     tracker.on_trial_complete(0, [], good)
     with pytest.raises(Exception, match="no_such_key"):
@@ -126,7 +126,7 @@ def test_the_tracker_pickles_as_tune_saves_it_and_still_logs_after(tmp_path, tra
     from ray import cloudpickle
 
     copy = cloudpickle.loads(cloudpickle.dumps(tracker))  # Tune writes its callbacks into tuner.pkl
-    trial = FakeTrial("t0", {"depth": 1})
+    trial = TrialView("t0", {"depth": 1})
     _feed(copy, trial, 1, done=True)
     copy.on_trial_complete(0, [], trial)
     assert copy.rows()[0]["metrics"]["val_acc"] == pytest.approx(0.1)
