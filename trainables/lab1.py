@@ -16,7 +16,7 @@ from .context import Context, json_bytes
 from .data import ImageData, load_image_data, to_float
 from .models import MLP, cnn, resnet18_cifar
 from .training import (Speed, compile_model, evaluate, layer_grad_norms, make_optimizer, make_scheduler,
-                       train_one_epoch, weights_digest)
+                       train_and_validate, weights_digest)
 
 Dataset = Literal["digits", "mnist", "cifar10", "cifar100", "svhn", "synthetic"]
 
@@ -97,12 +97,7 @@ def train(cfg: Lab1Config, ctx: Context) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     for epoch in range(start, cfg.epochs):
-        train_loss, train_acc = train_one_epoch(net, opt, sched, data.train, batch_size=cfg.batch_size, seed=cfg.seed,
-                                                epoch=epoch, crop_pad=cfg.crop_pad, flip=cfg.flip, rank=ctx.rank,
-                                                world_size=ctx.world_size, speed=speed)
-        val_loss, val_acc = evaluate(net, data.val, speed=speed)
-        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                   "val_acc": val_acc, "lr": sched.get_last_lr()[0], "world_size": ctx.world_size}
+        metrics = {**train_and_validate(net, opt, sched, data, cfg, ctx, epoch, speed), "world_size": ctx.world_size}
         if probe is not None:
             norms = layer_grad_norms(model, *probe)
             metrics.update({f"grad_norm/{i:02d}": v for i, v in enumerate(norms)})

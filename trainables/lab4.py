@@ -30,8 +30,8 @@ from .context import Context, json_bytes
 from .data import ImageData, Split, batches, load_image_data, to_float
 from .lab1 import Lab1Config, build_model
 from .ood import ConvAutoencoder
-from .training import (Speed, compile_model, evaluate, make_optimizer, make_scheduler, train_one_epoch,
-                       weights_digest)
+from .training import (Perturb, Speed, compile_model, evaluate, make_optimizer, make_scheduler, train_and_validate,
+                       train_one_epoch, weights_digest)
 
 Task = Literal["ood", "fgsm", "adv-train", "targeted"]
 OodSet = Literal["heldout", "noise", "fakedata", "cifar100", "svhn"]
@@ -132,14 +132,11 @@ def build_classifier(cfg: Lab4Config, data: ImageData) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------- epochs
-def adversarial_epoch(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, split: Split,
-                      cfg: Lab4Config, epoch: int, rank: int = 0, world_size: int = 1,
-                      speed: Speed = Speed()) -> tuple[float, float]:
-    """One epoch where the first round(mix * B) images of every shuffled batch are replaced by
-    FGSM-RS examples made on the fly against the current weights; returns (loss, accuracy).
-    The attack runs on the unwrapped `model` (same weights): a forward pass through DDP that is
-    not followed by a parameter backward would leave its gradient reducer waiting."""
-    gen = torch.Generator(device=split.x.device).manual_seed(cfg.seed * 7919 + epoch * 1009 + rank)
+def adversarial_mix(model: nn.Module, cfg: Lab4Config, gen: torch.Generator) -> Perturb:
+    """A batch perturbation for the training loop: the first round(mix * B) images of every batch
+    replaced by FGSM-RS examples made against the current weights. The attack runs on the unwrapped
+    `model` (same weights): a forward pass through DDP that is not followed by a parameter backward
+    would leave its gradient reducer waiting."""
 
     def mix_in_adversarial(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         k = round(cfg.mix * len(y))
@@ -149,9 +146,21 @@ def adversarial_epoch(net: nn.Module, model: nn.Module, opt: torch.optim.Optimiz
                       random_start=cfg.random_start, gen=gen)
         return torch.cat([adv, x[k:]])
 
+    return mix_in_adversarial
+
+
+def attack_generator(cfg: Lab4Config, split: Split, epoch: int, rank: int) -> torch.Generator:
+    """The attack's random starts: seeded per epoch and rank, apart from the batch order's generator."""
+    return torch.Generator(device=split.x.device).manual_seed(cfg.seed * 7919 + epoch * 1009 + rank)
+
+
+def adversarial_epoch(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, split: Split,
+                      cfg: Lab4Config, epoch: int, rank: int = 0, world_size: int = 1,
+                      speed: Speed = Speed()) -> tuple[float, float]:
+    """One FGSM-RS adversarial-training epoch on `split`; returns (loss, accuracy)."""
     return train_one_epoch(net, opt, sched, split, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
                            crop_pad=cfg.crop_pad, flip=cfg.flip, rank=rank, world_size=world_size, speed=speed,
-                           perturb=mix_in_adversarial)
+                           perturb=adversarial_mix(model, cfg, attack_generator(cfg, split, epoch, rank)))
 
 
 def autoencoder_epoch(ae: nn.Module, opt: torch.optim.Optimizer, split: Split, cfg: Lab4Config, epoch: int) -> float:
@@ -262,16 +271,9 @@ def run_epoch(cfg: Lab4Config, ctx: Context, m: Models, net: nn.Module, data: Im
               ) -> dict[str, float]:
     """One training epoch (this rank's shard under DDP) and validation; the autoencoder is not
     DDP-wrapped: every rank trains the same one on the same batches."""
-    if cfg.task == "adv-train":
-        train_loss, train_acc = adversarial_epoch(net, m.model, m.opt, m.sched, data.train, cfg, epoch,
-                                                  ctx.rank, ctx.world_size, m.speed)
-    else:
-        train_loss, train_acc = train_one_epoch(net, m.opt, m.sched, data.train, batch_size=cfg.batch_size,
-                                                seed=cfg.seed, epoch=epoch, crop_pad=cfg.crop_pad, flip=cfg.flip,
-                                                rank=ctx.rank, world_size=ctx.world_size, speed=m.speed)
-    val_loss, val_acc = evaluate(net, data.val, speed=m.speed)
-    metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-               "val_acc": val_acc, "lr": m.sched.get_last_lr()[0]}
+    perturb = (adversarial_mix(m.model, cfg, attack_generator(cfg, data.train, epoch, ctx.rank))
+               if cfg.task == "adv-train" else None)
+    metrics = train_and_validate(net, m.opt, m.sched, data, cfg, ctx, epoch, m.speed, perturb)
     if m.ae is not None:
         metrics["ae_train_loss"] = autoencoder_epoch(m.ae, m.ae_opt, data.train, cfg, epoch)
         metrics["ae_val_loss"] = reconstruction_loss(m.ae, data.val)

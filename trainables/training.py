@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterable
+from typing import Any, Callable, ContextManager, Iterable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Split, batches, to_float
+from .context import Context
+from .data import ImageData, Split, batches, to_float
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,28 @@ def train_one_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, spli
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
     return (total_loss / max(seen, 1)).item(), (correct / max(seen, 1)).item()
+
+
+class EpochConfig(Protocol):
+    """The config fields an image lab's epoch reads (Lab1Config, TransferConfig, Lab4Config)."""
+
+    batch_size: int
+    seed: int
+    crop_pad: int
+    flip: bool
+
+
+def train_and_validate(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, data: ImageData, cfg: EpochConfig,
+                       ctx: Context, epoch: int, speed: Speed = Speed(), perturb: Perturb | None = None
+                       ) -> dict[str, float]:
+    """One training epoch on this rank's shard, then validation: the metrics every image lab
+    reports each epoch (`epoch` counts from 1 there)."""
+    train_loss, train_acc = train_one_epoch(net, opt, sched, data.train, batch_size=cfg.batch_size, seed=cfg.seed,
+                                            epoch=epoch, crop_pad=cfg.crop_pad, flip=cfg.flip, rank=ctx.rank,
+                                            world_size=ctx.world_size, speed=speed, perturb=perturb)
+    val_loss, val_acc = evaluate(net, data.val, speed=speed)
+    return {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+            "val_acc": val_acc, "lr": sched.get_last_lr()[0]}
 
 
 @torch.no_grad()

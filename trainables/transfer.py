@@ -29,7 +29,7 @@ from .data import ImageData, Split, load_image_data, to_float
 from .lab1 import Dataset
 from .lab1_source import SourceFields, describe, obtain_source
 from .models import ConvNet
-from .training import Speed, evaluate, make_optimizer, make_scheduler, train_one_epoch
+from .training import Speed, evaluate, make_optimizer, make_scheduler, train_and_validate
 
 Variant = Literal["linear-svc", "knn", "head", "finetune", "scratch"]
 SKLEARN_VARIANTS = ("linear-svc", "knn")
@@ -179,12 +179,7 @@ def train(cfg: TransferConfig, ctx: Context) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     for epoch in range(start, cfg.epochs):
-        train_loss, train_acc = train_one_epoch(net, opt, sched, data.train, batch_size=cfg.batch_size, seed=cfg.seed,
-                                                epoch=epoch, crop_pad=cfg.crop_pad, flip=cfg.flip, rank=ctx.rank,
-                                                world_size=ctx.world_size, speed=speed)
-        val_loss, val_acc = evaluate(net, data.val, speed=speed)
-        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                   "val_acc": val_acc, "lr": sched.get_last_lr()[0], **fixed}
+        metrics = {**train_and_validate(net, opt, sched, data, cfg, ctx, epoch, speed), **fixed}
         last = epoch + 1 == cfg.epochs
         if last:  # the test set, once, for the finished model
             metrics["test_loss"], metrics["test_acc"] = evaluate(net, data.test, speed=speed)
