@@ -19,7 +19,7 @@ from .cli import REPO, Planned, UsageError, report_dir, tracking_uri
 from .execution import TrialSpec
 from .studies import Study, get_study
 from .tracking import Lookup, MlflowTracker, default_uri, ensure_server, find_parent, git_commit, stop_server
-from .tuning import TuneOptions, build_tuner, connect_ray, make_trainable
+from .tuning import TuneOptions, build_tuner, connect_ray, make_trainable, study_tuner
 
 STATE_FILE = "dla_study.pkl"  # beside Tune's own state: what --resume needs to rebuild the study
 
@@ -111,14 +111,9 @@ def run_repeats(study: Study, spec: TrialSpec, opts: TuneOptions, parent: Mlflow
                                   "repeats_of": parent.parent_id}, params={"repeats": k, "configs": len(points) // k},
                             resolve=spec.resolve, compare=None, metric=study.metric, mode=study.mode)
     print(f"== {study.key}: {len(points)} repeat trials ({len(points) // k} configs x {k} seeds)", flush=True)
-    tuner = tune.Tuner(
-        make_trainable(spec, opts),
-        tune_config=tune.TuneConfig(search_alg=FixedPoints(points, study.metric, study.mode),
-                                    num_samples=len(points), max_concurrent_trials=opts.max_concurrent,
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(name=f"{opts.name}-repeats", storage_path=opts.storage, callbacks=[tracker],
-                                  verbose=opts.verbose, checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
+    tuner = study_tuner(spec, opts, [tracker], f"{opts.name}-repeats", num_samples=len(points),
+                        search_alg=FixedPoints(points, study.metric, study.mode),
+                        max_concurrent_trials=opts.max_concurrent)
     return _fit(study, tracker, tuner)
 
 
