@@ -15,8 +15,8 @@ from .config import check
 from .context import Context, json_bytes
 from .data import ImageData, load_image_data, to_float
 from .models import MLP, cnn, resnet18_cifar
-from .training import (Speed, compile_model, evaluate, layer_grad_norms, make_optimizer, make_scheduler,
-                       train_and_validate, weights_digest)
+from .training import (evaluate, layer_grad_norms, make_optimizer, make_scheduler, train_and_validate, training_net,
+                       weights_digest)
 
 Dataset = Literal["digits", "mnist", "cifar10", "cifar100", "svhn", "synthetic"]
 
@@ -80,10 +80,7 @@ def train(cfg: Lab1Config, ctx: Context) -> dict[str, float]:
     torch.manual_seed(cfg.seed)  # same initial weights on every DDP rank and every retry
     data = load_data(cfg, ctx)
     model = build_model(cfg, data.shape, data.num_classes, data.mean, data.std)
-    speed = Speed.for_model(model, ctx.device, amp=cfg.amp, channels_last=cfg.channels_last)
-    # `model` stays the unwrapped, uncompiled module: what we save and probe.
-    net = compile_model(ctx.prepare_model(speed.prepare(model)), cfg.compile,
-                        cuda_graphs=ctx.device.type == "cuda" and ctx.world_size == 1)
+    net, speed = training_net(model, ctx, cfg)
     opt = make_optimizer(net.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps = -(-(len(data.train) // ctx.world_size) // cfg.batch_size)
     sched = make_scheduler(opt, cfg.schedule, cfg.epochs * steps)

@@ -30,8 +30,8 @@ from .context import Context, json_bytes
 from .data import ImageData, Split, batches, load_image_data, to_float
 from .lab1 import Lab1Config, build_model
 from .ood import ConvAutoencoder
-from .training import (Perturb, Speed, compile_model, evaluate, make_optimizer, make_scheduler, train_and_validate,
-                       train_one_epoch, weights_digest)
+from .training import (Perturb, Speed, evaluate, make_optimizer, make_scheduler, train_and_validate, train_one_epoch,
+                       training_net, weights_digest)
 
 Task = Literal["ood", "fgsm", "adv-train", "targeted"]
 OodSet = Literal["heldout", "noise", "fakedata", "cifar100", "svhn"]
@@ -253,10 +253,7 @@ class Models:
 def build(cfg: Lab4Config, ctx: Context, data: ImageData) -> tuple[Models, nn.Module]:
     """(models, net): net is the classifier as prepared by the context (what trains)."""
     model = build_classifier(cfg, data)
-    speed = Speed.for_model(model, ctx.device, amp=cfg.amp, channels_last=cfg.channels_last)
-    # `model` stays the unwrapped, uncompiled module: what attacks, probes and checkpoints use.
-    net = compile_model(ctx.prepare_model(speed.prepare(model)), cfg.compile,
-                        cuda_graphs=ctx.device.type == "cuda" and ctx.world_size == 1)
+    net, speed = training_net(model, ctx, cfg)
     opt = make_optimizer(net.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps = -(-(len(data.train) // ctx.world_size) // cfg.batch_size)  # per epoch, on this rank's shard
     sched = make_scheduler(opt, cfg.schedule, cfg.epochs * steps)

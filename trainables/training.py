@@ -1,13 +1,12 @@
 """The plain PyTorch loop shared by the labs: build optimizer/scheduler, one epoch, evaluate.
 
-Speed on CUDA (`Speed`): bf16 autocast and channels_last memory format, both on by default in Lab 1's
-config and both no-ops off CUDA (CPU bf16 autocast is rarely faster, and it would change the
-CPU numerics the tests pin down); `compile_model` wraps a model in torch.compile, an
-option on any device. A lab adopts them with three lines (see trainables/lab1.py):
+Speed on CUDA (`Speed`): bf16 autocast and channels_last memory format, on by default in the lab
+configs and no-ops off CUDA (CPU bf16 autocast is rarely faster, and it would change the CPU
+numerics the tests pin down); `compile_model` wraps a model in torch.compile, an option on any
+device. A lab adopts them in two lines (see trainables/lab1.py):
 
-    speed = Speed.for_model(model, ctx.device, amp=cfg.amp, channels_last=cfg.channels_last)
-    net = compile_model(ctx.prepare_model(speed.prepare(model)), cfg.compile)
-    ... train_one_epoch(..., speed=speed); evaluate(net, split, speed=speed)
+    net, speed = training_net(model, ctx, cfg)   # cfg has amp, channels_last, compile
+    ... train_and_validate(net, opt, sched, data, cfg, ctx, epoch, speed); evaluate(net, split, speed=speed)
 
 and in a custom loop: `with speed.autocast(): logits = net(speed.input(x))`.
 """
@@ -79,6 +78,25 @@ def compile_model(net: nn.Module, enabled: bool, cuda_graphs: bool = False) -> n
     if not enabled:
         return net
     return torch.compile(net, mode="reduce-overhead" if cuda_graphs else None)
+
+
+class SpeedConfig(Protocol):
+    """The speed fields of a lab config (Lab1Config, Lab4Config)."""
+
+    amp: bool
+    channels_last: bool
+    compile: bool
+
+
+def training_net(model: nn.Module, ctx: Context, cfg: SpeedConfig) -> tuple[nn.Module, Speed]:
+    """(net, speed): the net that trains is `model` in the memory format `speed` chose, prepared by
+    the context (moved to its device, DDP-wrapped under Ray Train) and compiled if asked (CUDA graphs
+    on one GPU without DDP). `model` itself stays the unwrapped, uncompiled module: what checkpoints,
+    probes and attacks use; it shares its parameters with the net."""
+    speed = Speed.for_model(model, ctx.device, amp=cfg.amp, channels_last=cfg.channels_last)
+    net = compile_model(ctx.prepare_model(speed.prepare(model)), cfg.compile,
+                        cuda_graphs=ctx.device.type == "cuda" and ctx.world_size == 1)
+    return net, speed
 
 
 def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float,
