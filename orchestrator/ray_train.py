@@ -80,5 +80,3 @@ def fit_with_torch_trainer(spec: TrialSpec, config: Any) -> None:
                                        failure_config=ray.train.FailureConfig(max_failures=spec.max_failures)),
     )
     trainer.fit()
-
-

@@ -54,3 +54,9 @@ def runs(tmp_path: Path, experiment: str) -> Any:
 
     mlflow.set_tracking_uri(mlflow_uri(tmp_path))
     return mlflow.search_runs(experiment_names=[experiment])
+
+
+def child_runs(tmp_path: Path, experiment: str) -> Any:
+    """The trial runs (children of a study's parent run) of an experiment, as a DataFrame."""
+    df = runs(tmp_path, experiment)
+    return df[df["tags.mlflow.parentRunId"].notna()]

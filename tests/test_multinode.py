@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_cli, runs
+from tests.conftest import child_runs, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -47,18 +47,13 @@ def _nodes_of(class_name: str) -> set[str]:
     return {a.node_id for a in list_actors(filters=[("class_name", "=", class_name)], detail=True, limit=10_000)}
 
 
-def _children(tmp_path):
-    df = runs(tmp_path, "lab1")
-    return df[df["tags.mlflow.parentRunId"].notna()]
-
-
 def test_trials_are_scheduled_on_both_nodes(cluster, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # 2 CPUs per trial: the head (3 CPUs) holds one trial, so a second running trial must use the worker.
     rc = run_cli(tmp_path, "lab1", "--study", "mlp-capacity", "--num-samples", "4", "--max-concurrent", "4",
                  "--cpus-per-trial", "2", "--gpus-per-trial", "0", "--set", "epochs=25")
     assert rc == 0
-    children = _children(tmp_path)
+    children = child_runs(tmp_path, "lab1")
     assert children["tags.node_id"].nunique() == 2
     assert len(children) == 4 and set(children.status) == {"FINISHED"}
     assert children["metrics.test_acc"].notna().all()
@@ -72,7 +67,7 @@ def test_fractional_gpu_trials_pack_on_the_gpu_node(cluster, tmp_path, monkeypat
     rc = run_cli(tmp_path, "lab1", "--study", "mlp-capacity", "--num-samples", "3", "--gpus-per-trial", "0.5",
                  "--set", "epochs=3")
     assert rc == 0
-    children = _children(tmp_path)
+    children = child_runs(tmp_path, "lab1")
     assert len(children) == 3 and set(children.status) == {"FINISHED"}
     assert set(children["tags.node_id"]) == {worker.node_id}
 
@@ -84,7 +79,7 @@ def test_ddp_trial_spans_two_nodes(cluster, tmp_path, monkeypatch):
                  "--cpus-per-trial", "2", "--gpus-per-trial", "0", "--set", "epochs=2", "depth=2")
     assert rc == 0
     assert len(_nodes_of("RayTrainWorker")) == 2
-    child = _children(tmp_path).iloc[0]
+    child = child_runs(tmp_path, "lab1").iloc[0]
     assert child.status == "FINISHED" and child["metrics.world_size"] == 2 and child["metrics.replicas_in_sync"] == 1
 
 
@@ -112,6 +107,6 @@ def test_study_survives_losing_the_worker_node(cluster, tmp_path, monkeypatch):
     remover.join()
     assert rc == 0
     assert worker not in c.worker_nodes, "the worker node was never removed"
-    children = _children(tmp_path)
+    children = child_runs(tmp_path, "lab1")
     assert len(children) == 4 and set(children.status) == {"FINISHED"}
     assert children["metrics.test_acc"].notna().all()

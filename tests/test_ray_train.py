@@ -3,14 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import mlflow_uri, run_cli, runs
+from tests.conftest import child_runs, mlflow_uri, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def _children(tmp_path):
-    df = runs(tmp_path, "lab1")
-    return df[df["tags.mlflow.parentRunId"].notna()]
 
 
 def test_two_worker_trial_runs_ddp_with_replicas_in_sync(ray_local, tmp_path, monkeypatch):
@@ -18,7 +13,7 @@ def test_two_worker_trial_runs_ddp_with_replicas_in_sync(ray_local, tmp_path, mo
     rc = run_cli(tmp_path, "lab1", "--study", "residual-mlp", "--num-samples", "1", "--workers-per-trial", "2",
                  "--set", "epochs=2", "depth=2")
     assert rc == 0
-    child = _children(tmp_path).iloc[0]
+    child = child_runs(tmp_path, "lab1").iloc[0]
     assert child.status == "FINISHED"
     assert child["metrics.world_size"] == 2          # the function saw a world of two
     assert child["metrics.workers_reported"] == 2    # both ranks reported
@@ -36,6 +31,6 @@ def test_train_backend_ray_train_forces_torch_trainer_with_one_worker(ray_local,
     rc = run_cli(tmp_path, "lab1", "--study", "mlp-capacity", "--num-samples", "1", "--set", "epochs=2",
                  "train_backend=ray-train")
     assert rc == 0
-    child = _children(tmp_path).iloc[0]
+    child = child_runs(tmp_path, "lab1").iloc[0]
     assert child.status == "FINISHED"
     assert child["metrics.workers_reported"] == 1 and child["metrics.world_size"] == 1
