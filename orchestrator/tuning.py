@@ -40,8 +40,8 @@ def _live_cluster_address() -> str | None:
 
 # Ray Train V2's controller collects worker reports every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
 # default) and a worker blocks until its last report was collected, so a Train trial that reports
-# every epoch could train at most one epoch per 2 s (measured: 2.05 s per 0.43-s epoch; 0.50 s at
-# 0.1; benchmarks/README.md). Set for the processes Ray starts, unless the user set it.
+# every epoch could train at most one epoch per 2 s (measured: 2.05 s per 0.43-s epoch; 0.42 s per
+# 0.40-s epoch at 0.1; benchmarks/README.md). Set for the processes Ray starts, unless the user set it.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 
 
