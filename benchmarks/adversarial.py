@@ -22,7 +22,7 @@ import torch
 def setting(name: str, quick: bool) -> tuple[Any, Any]:
     """(Lab4Config, ImageData) of one setting."""
     from trainables.data import ImageData, Split, load_image_data
-    from trainables.lab4 import Lab4Config
+    from trainables.lab4.robustness import Lab4Config
 
     if name == "quick profile (digits, mix 0.5)":
         from orchestrator.studies import get_study
@@ -44,7 +44,7 @@ def setting(name: str, quick: bool) -> tuple[Any, Any]:
 
 def epoch_timers(cfg: Any, data: Any) -> dict[str, Any]:
     """Two closures timing one clean and one adversarial epoch of the same model."""
-    from trainables.lab4 import adversarial_epoch, build_classifier
+    from trainables.lab4.robustness import adversarial_epoch, build_classifier
     from trainables.training import make_optimizer, make_scheduler, train_one_epoch
 
     torch.manual_seed(0)

@@ -62,7 +62,7 @@ def sync(device: torch.device) -> None:
 # ---------------------------------------------------------------- lab models, loader vs raw
 def lab_model(name: str, device: torch.device, amp: bool, channels_last: bool, image: int = 32) -> tuple[Any, Any]:
     """(model on device, Speed): Lab 1's full-profile CNN or ResNet-18, CIFAR-10 shape."""
-    from trainables.lab1 import Lab1Config, build_model
+    from trainables.lab1.classifier import Lab1Config, build_model
     from trainables.training import Speed
 
     cfg = Lab1Config(model=name, dataset="cifar10", width=32, depth=2, residual=True, num_stages=3)
@@ -209,13 +209,13 @@ def distilbert(device: torch.device, sizes: Sizes, lora: bool) -> Any:
     from transformers import AutoModelForSequenceClassification, DistilBertConfig
 
     # DistilBertConfig() is distilbert-base-uncased: dim 768, 6 layers, 12 heads, vocab 30,522. The
-    # tiny one is trainables.text's (not imported: that module needs `datasets`, absent on GPU boxes).
+    # tiny one is trainables.lab3.text_models's (not imported: that module needs `datasets`, absent on GPU boxes).
     tiny = dict(vocab_size=100, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=64)
     config = DistilBertConfig(num_labels=2, **(tiny if sizes.tiny else {}))
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(config)
     if lora:
-        from trainables.lab3_lora import apply_lora
+        from trainables.lab3.lora import apply_lora
 
         model = apply_lora(model, rank=8, alpha=16.0, targets="qv", dropout=0.1)
     model = model.to(device)
@@ -227,7 +227,7 @@ def distilbert(device: torch.device, sizes: Sizes, lora: bool) -> Any:
 def clip(device: torch.device, sizes: Sizes, lora: bool) -> Any:
     from transformers import CLIPConfig, CLIPModel
 
-    from trainables.clip import SHAPE_CLASSES, PromptClassifier, tiny_clip_config, tiny_tokenizer
+    from trainables.lab3.clip_models import SHAPE_CLASSES, PromptClassifier, tiny_clip_config, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     if sizes.tiny:
@@ -243,7 +243,7 @@ def clip(device: torch.device, sizes: Sizes, lora: bool) -> Any:
     # 10 prompts the offline tokenizer knows word for word (distinct class embeddings, real gradients)
     head = PromptClassifier(model, tokenizer, SHAPE_CLASSES[:10], ["a photo of a {}."])
     if lora:
-        from trainables.lab3_lora import apply_lora
+        from trainables.lab3.lora import apply_lora
 
         apply_lora(model, rank=2, alpha=4.0, targets="qkv", towers="both")
     head = head.to(device)

@@ -42,7 +42,7 @@ def in_process(epochs: int) -> dict[str, float]:
     """(a): wall time of `lab1.train` with a LocalContext, and its per-epoch times."""
     from trainables.config import from_dict
     from trainables.context import LocalContext
-    from trainables.lab1 import Lab1Config, train
+    from trainables.lab1.classifier import Lab1Config, train
 
     stamps: list[float] = []
 
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> Verdict:
         importlib.import_module(module)
     import_s = time.perf_counter() - t
     extras = not (args.quick or args.no_extras)
-    modules = ("trainables.lab1", "orchestrator.execution")
+    modules = ("trainables.lab1.classifier", "orchestrator.execution")
     trial_imports = {m: cold_import_s(m) for m in modules} if extras else {m: float("nan") for m in modules}
 
     runs: dict[str, list[dict[str, float]]] = {"a": [], "b": [], "c": [], "study_fresh": [], "study": []}
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> Verdict:
              ("MLflow store creation (once per store)", store_s, "s"),
              ("driver imports of the CLI (once per invocation)", import_s, "s"),
              ("trial process imports: orchestrator.execution", trial_imports["orchestrator.execution"], "s"),
-             ("    of which trainables.lab1 (torch, torchvision)", trial_imports["trainables.lab1"], "s"),
+             ("    of which trainables.lab1.classifier (torch, torchvision)", trial_imports["trainables.lab1.classifier"], "s"),
              ("(b) driver set-up until tuner.fit()", med("b", "driver_setup_s"), "s"),
              ("(b) tuner.fit() until the trial started", med("b", "fit_to_trial_start_s"), "s"),
              ("(b) trial start until 1st result", med("b", "to_first_result_s"), "s"),

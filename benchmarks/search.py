@@ -43,7 +43,7 @@ def grid_trial(point: dict[str, Any], epochs: int) -> list[float]:
 
     from trainables.config import from_dict
     from trainables.context import LocalContext
-    from trainables.lab1 import Lab1Config, train
+    from trainables.lab1.classifier import Lab1Config, train
 
     torch.set_num_threads(1)
     ctx = LocalContext()

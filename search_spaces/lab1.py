@@ -1,4 +1,4 @@
-"""Lab 1 search spaces (keys are `trainables.lab1.Lab1Config` fields)."""
+"""Lab 1 search spaces (keys are `trainables.lab1.classifier.Lab1Config` fields)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -1,4 +1,4 @@
-"""Lab 3 search spaces (keys are `trainables.lab3.SentimentConfig` / `trainables.lab3_clip.ClipConfig` fields)."""
+"""Lab 3 search spaces (keys are `trainables.lab3.sentiment.SentimentConfig` / `trainables.lab3.clip.ClipConfig` fields)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: trial processes need not import optuna
     import optuna
 
-LORA_TARGETS = ["qv", "qkv", "qkvo", "all"]  # trainables.lab3_lora.PRESETS
+LORA_TARGETS = ["qv", "qkv", "qkvo", "all"]  # trainables.lab3.lora.PRESETS
 
 
 def sentiment_baseline(trial: optuna.Trial) -> None:

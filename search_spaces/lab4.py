@@ -1,4 +1,4 @@
-"""Lab 4 search spaces (keys are `trainables.lab4.Lab4Config` fields).
+"""Lab 4 search spaces (keys are `trainables.lab4.robustness.Lab4Config` fields).
 
 Every eps is an L-inf radius in pixel units of [0, 1] (8/255 = 0.0314). One space serves both
 profiles, so eps ranges span CIFAR's usual 1/255..16/255 and the larger radii that matter on 8x8

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.attacks import (accuracy_under, fgsm, fgsm_attack, fgsm_rs, iterative_fgsm, pgd, pgd_attack,
+from trainables.lab4.attacks import (accuracy_under, fgsm, fgsm_attack, fgsm_rs, iterative_fgsm, pgd, pgd_attack,
                                 success_rate)
 from trainables.data import Split, load_image_data, to_float
 from trainables.models import MLP, Normalize

@@ -8,7 +8,7 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from trainables.cam import ClassActivationMap, CamConfig, heat_maps, probability_drop, to_heat_maps, train
+from trainables.lab1.cam import ClassActivationMap, CamConfig, heat_maps, probability_drop, to_heat_maps, train
 from trainables.config import ConfigError
 from trainables.context import LocalContext
 from trainables.models import cnn, resnet18_cifar

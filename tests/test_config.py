@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from trainables.config import ConfigError, flatten, from_dict
-from trainables.lab1 import Lab1Config
+from trainables.lab1.classifier import Lab1Config
 
 
 def test_strings_are_coerced_to_declared_types():

@@ -23,7 +23,7 @@ def _finite(reports: list[dict[str, float]]) -> bool:
 
 
 def test_lab1_defaults_train_in_bf16_channels_last_and_learn():
-    from trainables.lab1 import Lab1Config, build_model, train
+    from trainables.lab1.classifier import Lab1Config, build_model, train
     from trainables.training import Speed
 
     cfg = Lab1Config(**LAB1)
@@ -38,7 +38,7 @@ def test_lab1_defaults_train_in_bf16_channels_last_and_learn():
 
 
 def test_lab1_compiled_with_cuda_graphs_matches_eager_accuracy():
-    from trainables.lab1 import Lab1Config, train
+    from trainables.lab1.classifier import Lab1Config, train
 
     eager, graphed = LocalContext(device=CUDA), LocalContext(device=CUDA)
     train(Lab1Config(**LAB1), eager)
@@ -49,7 +49,7 @@ def test_lab1_compiled_with_cuda_graphs_matches_eager_accuracy():
 
 
 def test_lab4_adversarial_training_on_cuda():
-    from trainables.lab4 import Lab4Config, train
+    from trainables.lab4.robustness import Lab4Config, train
 
     ctx = LocalContext(device=CUDA)
     metrics = train(Lab4Config(task="adv-train", dataset="digits", width=8, epochs=5, epsilon=0.1,
@@ -59,7 +59,7 @@ def test_lab4_adversarial_training_on_cuda():
 
 
 def test_lab3_clip_lora_steps_in_bf16_on_cuda(tmp_path):
-    from trainables.lab3_clip import ClipConfig, train
+    from trainables.lab3.clip import ClipConfig, train
 
     ctx = LocalContext(device=CUDA, data_dir=tmp_path)
     metrics = train(ClipConfig(method="lora", lora_rank=4, lr=1e-2, shots=16, epochs=2), ctx)

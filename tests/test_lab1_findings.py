@@ -3,7 +3,7 @@ deep MLP trainable where the plain one fails, and the gradient norms show why.""
 from __future__ import annotations
 
 from trainables.context import LocalContext
-from trainables.lab1 import Lab1Config, train
+from trainables.lab1.classifier import Lab1Config, train
 
 QUICK = dict(dataset="digits", epochs=10, batch_size=64, width=64, val_fraction=0.15, lr=1e-3, seed=0, grad_norms=True)
 

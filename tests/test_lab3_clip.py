@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.clip import (SHAPE_CLASSES, PromptClassifier, ensemble, prompts, render_shapes, shapes_split,
+from trainables.lab3.clip_models import (SHAPE_CLASSES, PromptClassifier, ensemble, prompts, render_shapes, shapes_split,
                              tiny_clip_config, tiny_tokenizer, tiny_vocabulary, zero_shot_logits)
 from trainables.config import ConfigError
 from trainables.context import LocalContext
-from trainables.lab3_clip import ClipConfig, accuracy_metrics, train
+from trainables.lab3.clip import ClipConfig, accuracy_metrics, train
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

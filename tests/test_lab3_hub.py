@@ -90,7 +90,7 @@ def offline_cache(tmp_path_factory) -> Path:
     so that the full profile's loading code runs here without network."""
     from transformers import AutoModelForSequenceClassification
 
-    from trainables.text import generate_sentiment, tiny_distilbert_config, tiny_tokenizer
+    from trainables.lab3.text_models import generate_sentiment, tiny_distilbert_config, tiny_tokenizer
 
     data_dir = tmp_path_factory.mktemp("hfdata")
     tok = tiny_tokenizer()
@@ -107,7 +107,7 @@ def offline_cache(tmp_path_factory) -> Path:
 
 
 def test_full_profile_code_path_loads_model_and_dataset_from_the_cache(offline_cache):
-    from trainables.lab3 import SentimentConfig, train
+    from trainables.lab3.sentiment import SentimentConfig, train
 
     ctx = LocalContext(data_dir=offline_cache)
     cfg = SentimentConfig(method="lora", model="org/tiny-distilbert", dataset="hf-dataset:org/reviews", epochs=1)

@@ -6,9 +6,9 @@ import re
 import pytest
 import torch
 
-from trainables.lab3_lora import PRESETS, adapted_modules, apply_lora, param_counts, target_regex
+from trainables.lab3.lora import PRESETS, adapted_modules, apply_lora, param_counts, target_regex
 
-D, LAYERS, LABELS = 64, 2, 2  # trainables.text.tiny_distilbert_config
+D, LAYERS, LABELS = 64, 2, 2  # trainables.lab3.text_models.tiny_distilbert_config
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tiny_classifier(seed: int = 0):
     from transformers import AutoModelForSequenceClassification
 
-    from trainables.text import tiny_distilbert_config
+    from trainables.lab3.text_models import tiny_distilbert_config
 
     torch.manual_seed(seed)
     return AutoModelForSequenceClassification.from_config(tiny_distilbert_config(vocab_size=50))
@@ -26,7 +26,7 @@ def tiny_classifier(seed: int = 0):
 def tiny_clip():
     from transformers import CLIPModel
 
-    from trainables.clip import tiny_clip_config
+    from trainables.lab3.clip_models import tiny_clip_config
 
     torch.manual_seed(0)
     return CLIPModel(tiny_clip_config(vocab_size=40))

@@ -10,8 +10,8 @@ import torch
 
 from trainables.config import ConfigError, from_dict
 from trainables.context import LocalContext
-from trainables.lab3 import SentimentConfig, encoder_digest, frozen_baseline, train
-from trainables.text import LABEL_NOISE, generate_sentiment, load_text_model, tiny_tokenizer
+from trainables.lab3.sentiment import SentimentConfig, encoder_digest, frozen_baseline, train
+from trainables.lab3.text_models import LABEL_NOISE, generate_sentiment, load_text_model, tiny_tokenizer
 
 SMALL = {"max_train": 256, "epochs": 1, "batch_size": 32, "lr": 2e-3}
 

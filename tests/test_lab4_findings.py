@@ -12,8 +12,8 @@ import torch
 from orchestrator.studies import get_study
 from trainables.config import from_dict
 from trainables.context import LocalContext
-from trainables.lab4 import Lab4Config, train
-from trainables.ood import CLASSIFIER_SCORES
+from trainables.lab4.robustness import Lab4Config, train
+from trainables.lab4.ood import CLASSIFIER_SCORES
 
 pytestmark = pytest.mark.slow
 

@@ -9,11 +9,11 @@ import torch
 from matplotlib.figure import Figure
 
 from orchestrator.studies import get_study, studies_of
-from trainables import lab4_plots
+from trainables.lab4 import figures as lab4_plots
 from trainables.config import ConfigError, from_dict
 from trainables.context import LocalContext
-from trainables.lab4 import Lab4Config, collapsed, train
-from trainables.lab4_eval import eps_key
+from trainables.lab4.robustness import Lab4Config, collapsed, train
+from trainables.lab4.evaluation import eps_key
 
 TINY = {"model": "mlp", "width": 16, "epochs": 2, "eps_grid": (0.0, 0.1), "attack_steps": 5, "attack_step": 0.05,
         "pgd_steps": 2, "max_eval": 64}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables.lab1 import Lab1Config, build_model
+from trainables.lab1.classifier import Lab1Config, build_model
 from trainables.models import MLP, ConvBlock, MLPBlock, cnn
 
 SHAPES = [(1, 8, 8), (3, 32, 32)]

@@ -9,7 +9,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
 from trainables.data import load_image_data
-from trainables.ood import (ConvAutoencoder, classifier_scores, curve_points, energy, fake_data, fpr_at_tpr,
+from trainables.lab4.ood import (ConvAutoencoder, classifier_scores, curve_points, energy, fake_data, fpr_at_tpr,
                             max_logit, msp, odin, ood_images, ood_metrics, reconstruction_score, uniform_noise)
 
 CPU = torch.device("cpu")

@@ -11,7 +11,7 @@ import torch
 import trainables.training as training
 from trainables.config import ConfigError, from_dict
 from trainables.context import LocalContext
-from trainables.lab1 import Lab1Config, train
+from trainables.lab1.classifier import Lab1Config, train
 from trainables.models import MLP, cnn
 from trainables.training import Speed, autocast_context, compile_model
 
@@ -132,7 +132,7 @@ LAB4_TINY = dict(task="adv-train", dataset="digits", model="cnn", width=4, num_s
 
 
 def test_lab4_defaults_change_nothing_on_cpu():
-    from trainables.lab4 import Lab4Config, train as train4
+    from trainables.lab4.robustness import Lab4Config, train as train4
 
     cfg = Lab4Config(**LAB4_TINY)
     assert (cfg.amp, cfg.channels_last, cfg.compile) == (True, True, False)
@@ -146,7 +146,7 @@ def test_lab4_trains_under_autocast_while_its_attacks_stay_fp32(monkeypatch):
     """Lab 4 with the CUDA speed options forced on, CPU bf16 autocast standing in for CUDA's: the
     training steps run under autocast on a channels_last model, the FGSM-RS examples mixed into
     each batch are made outside it (float32 gradients w.r.t. the input)."""
-    import trainables.lab4 as lab4
+    import trainables.lab4.robustness as lab4
 
     autocasts = []
 

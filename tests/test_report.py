@@ -8,7 +8,7 @@ import pytest
 from orchestrator.studies import get_study
 from tests.conftest import mlflow_uri, run_cli, runs
 from trainables.context import LocalContext
-from trainables.lab1 import Lab1Config, train
+from trainables.lab1.classifier import Lab1Config, train
 
 
 def test_same_seed_same_metrics_on_cpu():

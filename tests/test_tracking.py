@@ -8,7 +8,7 @@ import pytest
 from orchestrator.tracking import MlflowTracker, TrialView
 from tests.conftest import mlflow_uri
 from trainables.config import from_dict
-from trainables.lab1 import Lab1Config
+from trainables.lab1.classifier import Lab1Config
 
 
 @pytest.fixture

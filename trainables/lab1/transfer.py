@@ -11,7 +11,7 @@ on the target (CIFAR-100; quick: digits 5-9, few training images), one variant p
 
 Every variant sees the same target train/val/test splits; selection uses val, test is reported once.
 
-In-process:  python -c "from trainables.transfer import *; print(train(TransferConfig(), LocalContext()))"
+In-process:  python -c "from trainables.lab1.transfer import *; print(train(TransferConfig(), LocalContext()))"
 Through the orchestrator: python orchestrator/run.py lab1 --study transfer
 """
 from __future__ import annotations
@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import check
-from .context import Context, json_bytes
-from .data import ImageData, Split, load_image_data, to_float
-from .lab1 import Dataset
-from .lab1_source import SourceFields, describe, obtain_source
-from .models import ConvNet
-from .training import Speed, evaluate, make_optimizer, make_scheduler, train_and_validate
+from ..config import check
+from ..context import Context, json_bytes
+from ..data import ImageData, Split, load_image_data, to_float
+from .classifier import Dataset
+from .source import SourceFields, describe, obtain_source
+from ..models import ConvNet
+from ..training import Speed, evaluate, make_optimizer, make_scheduler, train_and_validate
 
 Variant = Literal["linear-svc", "knn", "head", "finetune", "scratch"]
 SKLEARN_VARIANTS = ("linear-svc", "knn")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 from torch import nn
 
-from .data import load_image_data, to_float
+from ..data import load_image_data, to_float
 
 SCORES = ("msp", "msp_t", "maxlogit", "energy", "odin", "ae")
 CLASSIFIER_SCORES = SCORES[:-1]

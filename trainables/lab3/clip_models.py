@@ -153,11 +153,11 @@ def load_clip(model: str, data_dir: Path | None) -> tuple[nn.Module, Any]:
     from transformers import AutoTokenizer, CLIPModel
 
     if model != "tiny":
-        from .hub import local_snapshot
+        from ..hub import local_snapshot
 
         source = local_snapshot(f"hf-model:{model}", data_dir)
         return CLIPModel.from_pretrained(source), AutoTokenizer.from_pretrained(source)
-    from .lab3_tiny import cached_state
+    from .stand_ins import cached_state
 
     tokenizer, config = tiny_tokenizer(), tiny_clip_config(len(tiny_vocabulary()))
     recipe = {**CLIP_RECIPE, "config": config.to_diff_dict(), "vocab": tiny_vocabulary()}

@@ -11,7 +11,7 @@ A trial: one method (and layer), heat maps of the predicted class, logged as fig
 plus a faithfulness number on validation images: how much the predicted class' probability drops
 when the 20% most salient pixels are replaced by the mean pixel, against 20% random pixels.
 
-In-process:  python -c "from trainables.cam import *; print(train(CamConfig(), LocalContext()))"
+In-process:  python -c "from trainables.lab1.cam import *; print(train(CamConfig(), LocalContext()))"
 Through the orchestrator: python orchestrator/run.py lab1 --study cam
 """
 from __future__ import annotations
@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import check
-from .context import Context, figure_bytes, json_bytes
-from .data import ImageData, Split, to_float
-from .lab1 import load_data
-from .lab1_figures import cam_grid
-from .lab1_source import SourceFields, describe, obtain_source
-from .models import ConvNet
-from .training import evaluate, predict
+from ..config import check
+from ..context import Context, figure_bytes, json_bytes
+from ..data import ImageData, Split, to_float
+from .classifier import load_data
+from .figures import cam_grid
+from .source import SourceFields, describe, obtain_source
+from ..models import ConvNet
+from ..training import evaluate, predict
 
 Method = Literal["cam", "gradcam", "gradcam++"]
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

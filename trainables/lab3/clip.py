@@ -1,6 +1,6 @@
 """Lab 3, CLIP: zero-shot classification from prompts, and LoRA adaptation (vision, text or both towers).
 
-In-process:  python -c "from trainables.lab3_clip import *; print(train(ClipConfig(method='lora'), LocalContext()))"
+In-process:  python -c "from trainables.lab3.clip import *; print(train(ClipConfig(method='lora'), LocalContext()))"
 Through the orchestrator: python orchestrator/run.py lab3 --study clip-lora
 
 "zeroshot": class embeddings from prompt templates, top-1 and per-class accuracy on val and test.
@@ -8,7 +8,7 @@ Through the orchestrator: python orchestrator/run.py lab3 --study clip-lora
 the zero-shot logits (CLIP-LoRA, Zanella & Ben Ayed 2024) on `shots` images per class; evaluated
 with the text-prompt head (still a zero-shot classifier after adaptation) and with a linear probe on
 the image embeddings, each before and after. Quick profile: the tiny CLIP and synthetic shapes of
-trainables/clip.py (what that can and cannot show is explained there).
+trainables/lab3/clip_models.py (what that can and cannot show is explained there).
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .clip import SHAPE_CLASSES, TEMPLATES, PromptClassifier, load_clip, shapes_split
-from .config import check
-from .context import Context, json_bytes
-from .data import Split, load_image_data
-from .lab3_lora import PRESETS, apply_lora, param_counts, trainable_state
-from .training import Speed, make_scheduler, train_one_epoch, weights_digest
+from .clip_models import SHAPE_CLASSES, TEMPLATES, PromptClassifier, load_clip, shapes_split
+from ..config import check
+from ..context import Context, json_bytes
+from ..data import Split, load_image_data
+from .lora import PRESETS, apply_lora, param_counts, trainable_state
+from ..training import Speed, make_scheduler, train_one_epoch, weights_digest
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR100 = tuple((
@@ -106,7 +106,7 @@ def _hf_images(cfg: ClipConfig, data_dir: Path | None, size: int, device: torch.
     validation held out of the training split, test = the 'test' (or 'validation'/'valid') split."""
     from datasets import ClassLabel, Image
 
-    from .hub import load_hf_dataset
+    from ..hub import load_hf_dataset
 
     ds = load_hf_dataset(cfg.dataset, data_dir)
     features = ds["train"].features

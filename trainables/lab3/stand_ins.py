@@ -6,7 +6,7 @@ DistilBERT a short supervised pretraining on a *related* source task (generated 
 the "A but B" construction, no label noise): it learns word polarity and negation, like a real
 pretrained encoder knows words, but not the target task's order rule ("but": the second clause
 decides). On the target data the frozen features are then decent but not enough, and fine-tuning or
-LoRA has something to add: the lab's finding in miniature. (CLIP's stand-in lives in trainables/clip.py.)
+LoRA has something to add: the lab's finding in miniature. (CLIP's stand-in lives in trainables/lab3/clip_models.py.)
 
 Pretraining is seeded and independent of the trial, so every trial and study starts from the same
 weights. It runs once per process and is cached as a file under the data folder (written atomically,
@@ -69,7 +69,7 @@ def pretrain_tiny_distilbert(tokenizer: Any, config: Any) -> dict[str, torch.Ten
     """The encoder weights (DistilBertModel state dict) after the source-task pretraining."""
     from transformers import AutoModelForSequenceClassification
 
-    from .text import generate_sentiment
+    from .text_models import generate_sentiment
 
     r = SENTIMENT_RECIPE
     torch.manual_seed(1234)

@@ -9,7 +9,7 @@ One config, the task a field of it:
 
 Every eps is an L-inf radius in pixel units of [0, 1]: the literature's "8/255" is 0.0314.
 
-In-process:  python -c "from trainables.lab4 import *; from trainables.context import LocalContext;
+In-process:  python -c "from trainables.lab4.robustness import *; from trainables.context import LocalContext;
                         print(train(Lab4Config(task='fgsm', eps_grid=(0, 0.1, 0.2)), LocalContext()))"
 Through the orchestrator: python orchestrator/run.py lab4 --study fgsm
 """
@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lab4_eval
+from . import evaluation
 from .attacks import fgsm, fgsm_rs, pgd
-from .config import check
-from .context import Context, json_bytes
-from .data import ImageData, Split, batches, load_image_data, to_float
-from .lab1 import Lab1Config, build_model
+from ..config import check
+from ..context import Context, json_bytes
+from ..data import ImageData, Split, batches, load_image_data, to_float
+from ..lab1.classifier import Lab1Config, build_model
 from .ood import ConvAutoencoder
-from .training import (Perturb, Speed, evaluate, make_optimizer, make_scheduler, train_and_validate, train_one_epoch,
+from ..training import (Perturb, Speed, evaluate, make_optimizer, make_scheduler, train_and_validate, train_one_epoch,
                        training_net, weights_digest)
 
 Task = Literal["ood", "fgsm", "adv-train", "targeted"]
@@ -45,7 +45,7 @@ class Lab4Config:
     dataset: Literal["digits", "mnist", "cifar10", "synthetic"] = "digits"  # in-distribution data
     classes: tuple[int, ...] = ()      # ID labels kept (relabelled 0..k-1); () = all
     ood_set: OodSet = "noise"          # heldout = the ID dataset's other classes
-    # classifier, built by trainables.lab1.build_model
+    # classifier, built by trainables.lab1.classifier.build_model
     model: Literal["mlp", "cnn", "resnet18"] = "cnn"
     width: int = 16                    # MLP hidden units / CNN channels of the first stage
     depth: int = 1                     # MLP blocks / CNN blocks per stage
@@ -299,13 +299,13 @@ def train(cfg: Lab4Config, ctx: Context) -> dict[str, float]:
     m, net = build(cfg, ctx, data)
     start = m.load(state) if (state := ctx.restore()) is not None else 0
     probe = (to_float(data.val.x[:cfg.co_batch]), data.val.y[:cfg.co_batch])
-    ood = lab4_eval.load_ood(cfg, ctx, data) if cfg.task in ("ood", "adv-train") else None
+    ood = evaluation.load_ood(cfg, ctx, data) if cfg.task in ("ood", "adv-train") else None
 
     metrics: dict[str, float] = {}
     for epoch in range(start, cfg.epochs):
         metrics = run_epoch(cfg, ctx, m, net, data, epoch)
         if cfg.task == "ood":  # the target is tracked every epoch (Tune wants it in every result)
-            metrics.update(lab4_eval.val_auroc(cfg, m.model, m.ae, data, ood))
+            metrics.update(evaluation.val_auroc(cfg, m.model, m.ae, data, ood))
         stop = False
         if cfg.task == "adv-train":
             probed, stop = check_overfitting(cfg, m, probe, epoch)
@@ -327,16 +327,16 @@ def train(cfg: Lab4Config, ctx: Context) -> dict[str, float]:
 
 
 def final_evaluation(cfg: Lab4Config, model: nn.Module, ae: nn.Module | None, data: ImageData,
-                     ood: lab4_eval.OodImages | None) -> tuple[dict[str, float], dict[str, bytes]]:
+                     ood: evaluation.OodImages | None) -> tuple[dict[str, float], dict[str, bytes]]:
     """Test metrics of the finished model plus the task's evaluation, and the files it made."""
     test_loss, test_acc = evaluate(model, data.test)
     out = {"test_loss": test_loss, "test_acc": test_acc}
     if cfg.task == "ood":
-        metrics, files = lab4_eval.ood_evaluation(cfg, model, ae, data, ood)
+        metrics, files = evaluation.ood_evaluation(cfg, model, ae, data, ood)
     elif cfg.task == "fgsm":
-        metrics, files = lab4_eval.fgsm_study(cfg, model, data)
+        metrics, files = evaluation.fgsm_study(cfg, model, data)
     elif cfg.task == "targeted":
-        metrics, files = lab4_eval.targeted_study(cfg, model, data)
+        metrics, files = evaluation.targeted_study(cfg, model, data)
     else:
-        metrics, files = lab4_eval.robustness_study(cfg, model, data, ood)
+        metrics, files = evaluation.robustness_study(cfg, model, data, ood)
     return {**out, **metrics}, files
