@@ -83,6 +83,17 @@ def test_ood_sets_of_the_full_profile(data_dir, ood_set):
         assert len(drawn) == len(ood.val) + len(ood.test) and not drawn & banned
 
 
+def test_the_hub_cache_is_one_huggingface_hub_itself_reads(data_dir):
+    from huggingface_hub import scan_cache_dir
+
+    from trainables.hub import has_asset, hub_cache
+
+    info = scan_cache_dir(hub_cache(data_dir))
+    assert not info.warnings and {r.repo_id for r in info.repos} == {n.partition(":")[2] for n in fx.ASSETS[4:]}
+    assert all(set(r.refs) == {"main"} and len(r.revisions) == 1 for r in info.repos)
+    assert all(has_asset(n, data_dir) for n in fx.ASSETS[4:])
+
+
 def test_rotten_tomatoes_loads_as_the_full_profile_asks(data_dir):
     from datasets import ClassLabel
 
