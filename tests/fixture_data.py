@@ -12,10 +12,11 @@ loaders read, so the project's own loaders run unchanged on them:
             DIR/huggingface/hub/{datasets,models}--ORG--NAME/{blobs,snapshots/<commit>,refs/main}: the Hub
             cache that trainables/hub.py reads, with the files the real repositories hold (parquet splits +
             README; config.json + model.safetensors + tokenizer files; CLIP's preprocessor_config.json).
-Every image is a class template (a seeded 4x4 colour grid, blown up) plus noise: a model learns it in
-one epoch. The checkpoints are the real architectures (DistilBertForMaskedLM, CLIPModel with ViT-B/16
+Every image is a class template (a seeded 4x4 colour grid, blown up) plus noise: separable from a few
+images per class (nearest class mean on raw pixels: >= 90% on CIFAR-10's test split). The checkpoints are the real architectures (DistilBertForMaskedLM, CLIPModel with ViT-B/16
 or /32 patches on 224-pixel inputs) at tiny widths, with random weights and real tokenizers
-(WordPiece; byte-level BPE) over tiny vocabularies.
+(WordPiece; byte-level BPE) over tiny vocabularies. (The real openai/clip-* repositories hold
+pytorch_model.bin; these hold model.safetensors, what trainables/hub.py's patterns fetch.)
 
 The md5 bypass. torchvision checks the md5 of the real CIFAR/SVHN files when it opens them and of
 every archive it downloads; a fixture cannot match those. `skip_md5()` replaces `check_integrity`
@@ -24,7 +25,8 @@ torchvision.datasets.cifar (`CIFAR10._check_integrity`, `_load_meta`), .svhn (`S
 and .utils (`download_url`, after a download). MNIST passes no md5 when it opens files: untouched.
 A trial runs in another process: start Ray with
 `runtime_env={"worker_process_setup_hook": "tests.fixture_data.install_md5_bypass"}` and every worker
-process of the job installs the same bypass before it runs a trial.
+process of the job installs the same bypass before it runs a trial; the driver, whose check_data
+opens the files too, runs inside `with skip_md5():`.
 """
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ def images(classes: int, per_class: int, shape: tuple[int, int, int], seed: int)
     return (x * 255).round().astype(np.uint8), y.astype(np.int64)
 
 
-def _splits(classes: int, per_class: int, shape: tuple[int, int, int], seed: int) -> tuple[tuple, tuple]:
+def splits(classes: int, per_class: int, shape: tuple[int, int, int], seed: int) -> tuple[tuple, tuple]:
     """(train, test) drawn together so both splits share the class templates."""
     x, y = images(classes, 2 * per_class, shape, seed)
     first = np.concatenate([np.flatnonzero(y == k)[:per_class] for k in range(classes)])
@@ -86,7 +88,7 @@ def _splits(classes: int, per_class: int, shape: tuple[int, int, int], seed: int
 def write_mnist(root: Path, per_class: int, seed: int) -> Path:
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    for prefix, (x, y) in zip(("train", "t10k"), _splits(10, per_class, (1, 28, 28), seed)):
+    for prefix, (x, y) in zip(("train", "t10k"), splits(10, per_class, (1, 28, 28), seed)):
         for kind, array in (("images-idx3", x[:, 0]), ("labels-idx1", y.astype(np.uint8))):
             # idx: magic 0x00000800 | ndim (0x08 = unsigned byte), one big-endian int32 per dimension, data
             header = struct.pack(f">I{array.ndim}I", 0x800 | array.ndim, *array.shape)
@@ -102,12 +104,12 @@ def _pickle(path: Path, obj: dict) -> None:
 def write_cifar10(root: Path, per_class: int, seed: int) -> Path:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
-    (x, y), (xt, yt) = _splits(10, per_class, (3, 32, 32), seed)
+    (x, y), (xt, yt) = splits(10, per_class, (3, 32, 32), seed)
     parts = [(f"data_batch_{i + 1}", f"training batch {i + 1} of 5", idx)
              for i, idx in enumerate(np.array_split(np.arange(len(y)), 5))]
     for name, label, idx in parts + [("test_batch", "testing batch 1 of 1", None)]:
         xs, ys = (x[idx], y[idx]) if idx is not None else (xt, yt)
-        _pickle(folder / name, {"batch_label": label, "labels": ys.tolist(), "data": xs.reshape(len(ys), -1),
+        _pickle(folder / name, {"batch_label": label, "labels": ys.tolist(), "data": xs.reshape(-1, 3072),
                                 "filenames": [f"{name}_{i}.png" for i in range(len(ys))]})
     _pickle(folder / "batches.meta", {"num_cases_per_batch": len(parts[0][2]), "label_names": CIFAR10_NAMES,
                                       "num_vis": 3072})
@@ -117,10 +119,10 @@ def write_cifar10(root: Path, per_class: int, seed: int) -> Path:
 def write_cifar100(root: Path, per_class: int, seed: int) -> Path:
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
-    for name, (x, y) in zip(("train", "test"), _splits(100, per_class, (3, 32, 32), seed)):
+    for name, (x, y) in zip(("train", "test"), splits(100, per_class, (3, 32, 32), seed)):
         # coarse = fine // 5 is not CIFAR-100's real grouping; nothing here reads coarse labels
         _pickle(folder / name, {"batch_label": f"{name}ing batch 1 of 1", "fine_labels": y.tolist(),
-                                "coarse_labels": (y // 5).tolist(), "data": x.reshape(len(y), -1),
+                                "coarse_labels": (y // 5).tolist(), "data": x.reshape(-1, 3072),
                                 "filenames": [f"{name}_{i}.png" for i in range(len(y))]})
     _pickle(folder / "meta", {"fine_label_names": CIFAR100_NAMES, "coarse_label_names": CIFAR100_COARSE})
     return folder
@@ -130,7 +132,7 @@ def write_svhn(root: Path, per_class: int, seed: int) -> Path:
     from scipy.io import savemat
 
     root.mkdir(parents=True, exist_ok=True)
-    for name, (x, y) in zip(("train", "test"), _splits(10, per_class, (3, 32, 32), seed)):
+    for name, (x, y) in zip(("train", "test"), splits(10, per_class, (3, 32, 32), seed)):
         labels = np.where(y == 0, 10, y).astype(np.uint8)[:, None]  # SVHN's .mat files store digit 0 as 10
         savemat(root / f"{name}_32x32.mat", {"X": x.transpose(2, 3, 1, 0), "y": labels})  # NCHW -> HWCN
     return root
@@ -295,10 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--images-per-class", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="+", choices=ASSETS)
-    args = p.parse_args(argv)
-    for name, path in build(args.data_dir, images_per_class=args.images_per_class, seed=args.seed,
-                            only=set(args.only) if args.only else None).items():
-        print(f"{name:<55} {path}")
+    a = p.parse_args(argv)
+    written = build(a.data_dir, images_per_class=a.images_per_class, seed=a.seed, only=set(a.only or ASSETS))
+    print("\n".join(f"{name:<55} {path}" for name, path in written.items()))
     return 0
 
 

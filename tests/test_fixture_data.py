@@ -36,7 +36,7 @@ def test_torchvision_layouts_load_through_load_image_data(data_dir, name):
     assert data.shape == SHAPES[name] and data.num_classes == k and data.train.x.dtype == torch.uint8
     assert len(data.train) + len(data.val) == k * PER_CLASS and len(data.test) == k * PER_CLASS
     # the official test split comes back exactly as written, pixels and labels (SVHN's 10 -> 0 included)
-    _, (x_test, y_test) = fx._splits(k, PER_CLASS, SHAPES[name], SEEDS[name])
+    _, (x_test, y_test) = fx.splits(k, PER_CLASS, SHAPES[name], SEEDS[name])
     assert torch.equal(data.test.x, torch.from_numpy(x_test)) and torch.equal(data.test.y, torch.from_numpy(y_test))
     train_labels = torch.cat([data.train.y, data.val.y])
     assert torch.equal(torch.bincount(train_labels, minlength=k), torch.full((k,), PER_CLASS))
@@ -76,7 +76,7 @@ def test_ood_sets_of_the_full_profile(data_dir, ood_set):
         ood = load_ood(cfg, LocalContext(data_dir=data_dir), data)
     assert ood.val.shape == (len(data.val), 3, 32, 32) and len(ood.test) > 0 and ood.test.dtype == torch.uint8
     if ood_set == "cifar100":  # no image of the four classes that CIFAR-10 also has
-        _, (x, y) = fx._splits(100, PER_CLASS, (3, 32, 32), SEEDS["cifar100"])
+        _, (x, y) = fx.splits(100, PER_CLASS, (3, 32, 32), SEEDS["cifar100"])
         overlap = {fx.CIFAR100_NAMES.index(n) for n in CIFAR100_OVERLAP}
         banned = {bytes(img) for img, label in zip(x.reshape(len(y), -1), y) if label in overlap}
         drawn = {bytes(img) for img in torch.cat([ood.val, ood.test]).flatten(1).numpy()}
