@@ -11,9 +11,7 @@ catalog and torch, nothing more (no ray.train.torch, no other lab's trainables).
 """
 from __future__ import annotations
 
-import logging
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,48 +20,10 @@ import torch
 from ray import tune
 from torch import nn
 
-from trainables.config import from_dict
-from trainables.context import read_state, write_checkpoint
+from trainables.context import final_mark
 
 from .studies import Study, get_study
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """What every trial of one study invocation shares (sent to the trial processes once)."""
-
-    lab: str
-    study: str
-    base: Mapping[str, Any]               # profile values + --set overrides
-    pins: Mapping[str, Any] = field(default_factory=dict)  # the --set overrides: searched keys stay fixed
-    data_dir: str | None = None
-    workers: int = 1                      # Ray Train workers per trial (DDP when > 1)
-    backend: str = "auto"                 # "auto" | "ray-train"
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    storage: str = ""
-    max_failures: int = 0
-
-    @property
-    def uses_ray_train(self) -> bool:
-        return self.workers > 1 or self.backend == "ray-train"
-
-    def resolve(self, sampled: Mapping[str, Any]) -> Any:
-        """The frozen config of one trial: base values, then what the search sampled."""
-        return from_dict(get_study(self.lab, self.study).config_cls, {**self.base, **sampled})
-
-
-def make_checkpoint(state: Mapping[str, Any] | None, files: Mapping[str, bytes] | None, folder: str,
-                    cls: Any) -> Any:
-    write_checkpoint(Path(folder), state, files)
-    return cls.from_directory(folder)
-
-
-def restore_state(ckpt: Any) -> dict[str, Any] | None:
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as folder:
-        return read_state(Path(folder))
+from .trial import TrialSpec, make_checkpoint, quiet_storage_logs, restore_state  # TrialSpec: importable here too
 
 
 class TuneContext:
@@ -77,8 +37,8 @@ class TuneContext:
         self.node_id = ray.get_runtime_context().get_node_id()  # tagged on the trial's run by the tracker
 
     def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None,
-               files: Mapping[str, bytes] | None = None) -> None:
-        result = {**metrics, "node_id": self.node_id}
+               files: Mapping[str, bytes] | None = None, final: bool = False) -> None:
+        result = {**metrics, "node_id": self.node_id, **final_mark(final)}
         if state is None and not files:
             tune.report(result)
             return
@@ -91,12 +51,6 @@ class TuneContext:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
-
-
-def quiet_storage_logs() -> None:
-    # One "Checkpoint successfully created" INFO line per epoch per trial drowns the progress table.
-    for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:

@@ -17,8 +17,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from torch import nn
 
 from trainables.config import from_dict
+from trainables.context import final_mark
 
-from .execution import TrialSpec, make_checkpoint, quiet_storage_logs, restore_state
+from .trial import TrialSpec, make_checkpoint, quiet_storage_logs, restore_state
 from .studies import get_study
 
 
@@ -32,12 +33,12 @@ class TrainContext:
         self.device = ray.train.torch.get_device()
 
     def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None,
-               files: Mapping[str, bytes] | None = None) -> None:
+               files: Mapping[str, bytes] | None = None, final: bool = False) -> None:
         # Every rank must call report; only rank 0 uploads a checkpoint (replicas are identical).
         with tempfile.TemporaryDirectory(prefix="dla-ckpt-") as folder:
             has_checkpoint = self.rank == 0 and (state is not None or files)
             ckpt = make_checkpoint(state, files, folder, ray.train.Checkpoint) if has_checkpoint else None
-            ray.train.report(dict(metrics), checkpoint=ckpt)
+            ray.train.report({**metrics, **final_mark(final)}, checkpoint=ckpt)
 
     def restore(self) -> dict[str, Any] | None:
         return restore_state(ray.train.get_checkpoint())

@@ -1,4 +1,5 @@
-"""Lab 1 search spaces (keys are `trainables.lab1.classifier.Lab1Config` fields)."""
+"""Lab 1 search spaces (keys are fields of `trainables.lab1.classifier.Lab1Config`, and of
+`trainables.lab1.transfer.TransferConfig` and `trainables.lab1.cam.CamConfig` for transfer and cam)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -79,8 +79,8 @@ class Interrupted(Exception):
 
 
 class CrashAfterFirstReport(LocalContext):
-    def report(self, metrics, state=None, files=None):
-        super().report(metrics, state, files)
+    def report(self, metrics, state=None, files=None, final=False):
+        super().report(metrics, state, files, final)
         raise Interrupted
 
 

@@ -77,6 +77,7 @@ def test_plain_fgsm_training_at_a_large_eps_overfits_catastrophically_and_stops_
     final, ctx = run(cfg)
     assert final["catastrophic_overfit"] == 1
     assert len(ctx.reports) == final["co_epoch"] < cfg.epochs
+    assert ctx.finished and ctx.final_flags.count(True) == 1  # the early stop ends the trial: its last report
     assert "test_acc" in final and "pgd_acc" in final and "figures/robust_acc_vs_eps.png" in ctx.files
     last = ctx.reports[-1]
     assert last["val_fgsm_acc"] - last["val_pgd_acc"] > cfg.co_gap

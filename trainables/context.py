@@ -6,6 +6,10 @@ tensors/plain values saved as the epoch's checkpoint (what `ctx.restore()` gives
 retry); `files` maps a relative path to bytes (figures, configs) that travel inside that
 checkpoint, which is how they reach the tracker complete (a checkpoint is persisted before its
 result is seen by the driver; a trial's working folder is synced later, if at all).
+
+The last report of a trial that ran to its end says so, `final=True`: the Ray contexts add
+`FINAL_KEY: 1` to that result, so the tracker knows a finished trial from one a scheduler stopped
+without guessing from metric names; LocalContext sets `finished`.
 """
 from __future__ import annotations
 
@@ -22,6 +26,12 @@ from torch import nn
 
 STATE_FILE = "state.pt"
 FILES_DIR = "files"
+FINAL_KEY = "final"  # result key set on a trial's last report (the trial ran to its end)
+
+
+def final_mark(final: bool) -> dict[str, int]:
+    """What a Ray context adds to a reported result: {FINAL_KEY: 1} on the last one, else nothing."""
+    return {FINAL_KEY: 1} if final else {}
 
 
 class Context(Protocol):
@@ -31,7 +41,7 @@ class Context(Protocol):
     data_dir: Path | None
 
     def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None,
-               files: Mapping[str, bytes] | None = None) -> None: ...
+               files: Mapping[str, bytes] | None = None, final: bool = False) -> None: ...
 
     def restore(self) -> dict[str, Any] | None: ...
 
@@ -77,7 +87,8 @@ def figure_bytes(fig: Any) -> bytes:
 
 @dataclass
 class LocalContext:
-    """In-process context for tests and notebooks: keeps reports in memory, checkpoints optional."""
+    """In-process context for tests and notebooks: keeps reports in memory, checkpoints optional.
+    `final_flags[i]` is the `final` of report i; `finished`: the last report was marked final."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rank: int = 0
@@ -87,10 +98,14 @@ class LocalContext:
     reports: list[dict[str, float]] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)
     last_state: dict[str, Any] | None = None
+    final_flags: list[bool] = field(default_factory=list)
+    finished: bool = False
 
     def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None,
-               files: Mapping[str, bytes] | None = None) -> None:
+               files: Mapping[str, bytes] | None = None, final: bool = False) -> None:
         self.reports.append(dict(metrics))
+        self.final_flags.append(bool(final))
+        self.finished = bool(final)
         self.files.update(files or {})
         if state is not None:
             self.last_state = dict(state)

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 TORCHVISION = {"mnist": "MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100", "svhn": "SVHN"}
 DATASETS = tuple(STATS)
+Dataset = Literal["digits", "mnist", "cifar10", "cifar100", "svhn", "synthetic"]  # a config field's type: STATS' keys
 
 
 class DataMissing(FileNotFoundError):

@@ -7,7 +7,7 @@ can freeze "all but the last k stages" the same way for every architecture.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import torch
 from torch import nn
@@ -136,3 +136,23 @@ def resnet18_cifar(in_channels: int, num_classes: int, mean: Sequence[float], st
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """The weight matrices/kernels in forward order (for per-layer gradient norms)."""
     return [(n, p) for n, p in model.named_parameters() if p.ndim >= 2]
+
+
+class Architecture(Protocol):
+    """The architecture fields of a config (trainables.recipe.ImageRecipe: Lab 1, Lab 4, a source CNN)."""
+
+    model: str       # "mlp" | "cnn" | "resnet18"
+    width: int
+    depth: int
+    residual: bool
+    num_stages: int
+
+
+def build_model(cfg: Architecture, shape: tuple[int, int, int], num_classes: int,
+                mean: tuple[float, ...], std: tuple[float, ...]) -> nn.Module:
+    """The image classifier `cfg` describes, for inputs of `shape` (C, H, W) with these statistics."""
+    if cfg.model == "mlp":
+        return MLP(shape, num_classes, cfg.width, cfg.depth, cfg.residual, mean, std)
+    if cfg.model == "cnn":
+        return cnn(shape[0], num_classes, cfg.width, cfg.depth, cfg.residual, mean, std, cfg.num_stages)
+    return resnet18_cifar(shape[0], num_classes, mean, std)

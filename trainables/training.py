@@ -3,7 +3,7 @@
 Speed on CUDA (`Speed`): bf16 autocast and channels_last memory format, on by default in the lab
 configs and no-ops off CUDA (CPU bf16 autocast is rarely faster, and it would change the CPU
 numerics the tests pin down); `compile_model` wraps a model in torch.compile, an option on any
-device. A lab adopts them in two lines (see trainables/lab1.py):
+device. A lab adopts them in two lines (see trainables/lab1/classifier.py):
 
     net, speed = training_net(model, ctx, cfg)   # cfg has amp, channels_last, compile
     ... train_and_validate(net, opt, sched, data, cfg, ctx, epoch, speed); evaluate(net, split, speed=speed)

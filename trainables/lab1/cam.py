@@ -11,7 +11,8 @@ A trial: one method (and layer), heat maps of the predicted class, logged as fig
 plus a faithfulness number on validation images: how much the predicted class' probability drops
 when the 20% most salient pixels are replaced by the mean pixel, against 20% random pixels.
 
-In-process:  python -c "from trainables.lab1.cam import *; print(train(CamConfig(), LocalContext()))"
+In-process:  python -c "from trainables.lab1.cam import *; from trainables.context import LocalContext;
+                        print(train(CamConfig(), LocalContext()))"
 Through the orchestrator: python orchestrator/run.py lab1 --study cam
 """
 from __future__ import annotations
@@ -23,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import check
+from ..config import bounded, check
 from ..context import Context, figure_bytes, json_bytes
 from ..data import ImageData, Split, to_float
-from .classifier import load_data
+from ..models import ConvNet
+from ..recipe import load_data
+from ..training import evaluate, predict
 from .figures import cam_grid
 from .source import SourceFields, describe, obtain_source
-from ..models import ConvNet
-from ..training import evaluate, predict
 
 Method = Literal["cam", "gradcam", "gradcam++"]
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -40,24 +41,19 @@ CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 class CamConfig(SourceFields):
     method: Method = "cam"
     layer: Literal["last", "previous"] = "last"  # Grad-CAM target: last stage, or the one before it
-    images_per_class: int = 4             # rows of each class grid (test images)
-    mistakes: int = 8                     # rows of the most-confident-mistakes grid
-    max_classes: int = 10                 # class grids for the first classes only (CIFAR-100 would be 100)
-    delete_fraction: float = 0.2          # share of pixels replaced in the faithfulness check
-    max_eval: int = 500                   # validation images for the faithfulness check
-    epochs: int = 1                       # reports per trial: one (the orchestrator's ASHA horizon)
-    seed: int = 0
+    images_per_class: int = bounded(4, ge=1)      # rows of each class grid (test images)
+    mistakes: int = bounded(8, ge=0)              # rows of the most-confident-mistakes grid
+    max_classes: int = bounded(10, ge=1)          # class grids for the first classes only (CIFAR-100 would be 100)
+    delete_fraction: float = bounded(0.2, gt=0, lt=1)  # share of pixels replaced in the faithfulness check
+    max_eval: int = bounded(500, ge=1)            # validation images for the faithfulness check
+    # reports per trial: one (the orchestrator's ASHA horizon)
+    epochs: int = bounded(1, ge=1, le=1, note="a CAM trial reports once")
+    seed: int = bounded(0, ge=0)
 
-    def __post_init__(self) -> None:
-        self.check_source()
+    def check(self) -> None:
+        super().check()
         check(self.method != "cam" or self.layer == "last", "layer",
               "CAM weights the last feature maps (the classifier's input); use a Grad-CAM method for 'previous'")
-        check(self.images_per_class >= 1, "images_per_class", f"must be >= 1, got {self.images_per_class}")
-        check(self.mistakes >= 0, "mistakes", f"must be >= 0, got {self.mistakes}")
-        check(self.max_classes >= 1, "max_classes", f"must be >= 1, got {self.max_classes}")
-        check(0 < self.delete_fraction < 1, "delete_fraction", f"must be in (0, 1), got {self.delete_fraction}")
-        check(self.max_eval >= 1, "max_eval", f"must be >= 1, got {self.max_eval}")
-        check(self.epochs == 1, "epochs", f"a CAM trial reports once, got {self.epochs}")
 
 
 class ClassActivationMap:
@@ -230,5 +226,5 @@ def train(cfg: CamConfig, ctx: Context) -> dict[str, float]:
                "val_drop/salient": salient, "val_drop/random": random, "val_faithfulness": salient - random,
                "test_mistakes": float(mistakes), "map_size": float(map_size), **source_metrics}
     files.update({"config.json": json_bytes(asdict(cfg)), "source.json": json_bytes(describe(src))})
-    ctx.report(metrics, files=files)
+    ctx.report(metrics, files=files, final=True)
     return metrics

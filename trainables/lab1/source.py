@@ -11,62 +11,64 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from ..config import ConfigError, check, field_names, from_dict
+from ..config import Config, ConfigError, check, field_names, from_dict
 from ..context import Context, LocalContext
-from ..data import STATS
-from .classifier import Dataset, Lab1Config, build_model
+from ..data import STATS, Dataset
+from ..models import ConvNet, build_model
+from ..recipe import Optimizer, recipe_field
+from .classifier import Lab1Config
 from .classifier import train as train_lab1
-from ..models import ConvNet
 
 CONV_MODELS = ("cnn", "resnet18")
 IMAGE_SIZE = {"digits": 8, "synthetic": 8, "mnist": 28, "cifar10": 32, "cifar100": 32, "svhn": 32}  # pixels
 
 
 @dataclass(frozen=True)
-class SourceFields:
+class SourceFields(Config):
     """Where the source CNN comes from (shared by the transfer and CAM configs)."""
 
     source_run: str = ""                    # MLflow run id (--set source_run=...); the driver resolves it
     source_checkpoint: str = ""             # absolute path of that run's model.pt, filled in by the driver
     source_cache: str = ""                  # folder shared by the study's trials (driver-set): the first
                                             # trial to train the source saves it there, later ones load it
-    # Used only when there is no checkpoint: the CNN trained here first.
+    # Used only when there is no checkpoint: the CNN trained here first, with Lab 1's recipe
+    # (trainables/recipe.py): each source_X is the recipe's X, with X's range.
     source_dataset: Dataset = "digits"
-    source_classes: tuple[int, ...] = ()    # () = all classes of source_dataset
+    source_classes: tuple[int, ...] = recipe_field("classes", ())  # () = all classes of source_dataset
     source_model: Literal["cnn", "resnet18"] = "cnn"
-    source_width: int = 16                  # channels of the first stage
-    source_depth: int = 1                   # blocks per stage
+    source_width: int = recipe_field("width", 16)            # channels of the first stage
+    source_depth: int = recipe_field("depth", 1)             # blocks per stage
     source_residual: bool = True
-    source_num_stages: int = 3
-    source_epochs: int = 10
-    source_batch_size: int = 64
-    source_lr: float = 3e-3
-    source_optimizer: Literal["adam", "sgd"] = "adam"
-    source_weight_decay: float = 0.0
-    source_crop_pad: int = 1                # random-crop padding in pixels
+    source_num_stages: int = recipe_field("num_stages", 3)
+    source_epochs: int = recipe_field("epochs", 10)
+    source_batch_size: int = recipe_field("batch_size", 64)
+    source_lr: float = recipe_field("lr", 3e-3)
+    source_optimizer: Optimizer = "adam"
+    source_weight_decay: float = recipe_field("weight_decay", 0.0)
+    source_crop_pad: int = recipe_field("crop_pad", 1)       # random-crop padding in pixels
     source_flip: bool = False
-    source_val_fraction: float = 0.15
+    source_val_fraction: float = recipe_field("val_fraction", 0.15)
 
-    def check_source(self) -> None:
-        check(self.source_epochs >= 1, "source_epochs", f"must be >= 1, got {self.source_epochs}")
+    def check(self) -> None:
+        super().check()
         check(self.source_run == "" or self.source_run.strip() == self.source_run, "source_run",
               "must be a run id without spaces")
 
 
+_WHERE = ("source_run", "source_checkpoint", "source_cache")  # the SourceFields that are not the recipe's
+
+
 def source_config(cfg: SourceFields, seed: int) -> Lab1Config:
-    """The Lab1Config of the CNN trained here when no checkpoint is given."""
-    return Lab1Config(model=cfg.source_model, dataset=cfg.source_dataset, classes=cfg.source_classes,
-                      width=cfg.source_width, depth=cfg.source_depth, residual=cfg.source_residual,
-                      num_stages=cfg.source_num_stages, epochs=cfg.source_epochs, batch_size=cfg.source_batch_size,
-                      lr=cfg.source_lr, optimizer=cfg.source_optimizer, weight_decay=cfg.source_weight_decay,
-                      crop_pad=cfg.source_crop_pad, flip=cfg.source_flip, val_fraction=cfg.source_val_fraction,
-                      seed=seed)
+    """The Lab1Config of the CNN trained here when no checkpoint is given: each source_X as X."""
+    recipe = {f.name.removeprefix("source_"): getattr(cfg, f.name) for f in fields(SourceFields)
+              if f.name not in _WHERE}
+    return Lab1Config(**recipe, seed=seed)
 
 
 def in_channels(dataset: str) -> int:

@@ -11,7 +11,8 @@ on the target (CIFAR-100; quick: digits 5-9, few training images), one variant p
 
 Every variant sees the same target train/val/test splits; selection uses val, test is reported once.
 
-In-process:  python -c "from trainables.lab1.transfer import *; print(train(TransferConfig(), LocalContext()))"
+In-process:  python -c "from trainables.lab1.transfer import *; from trainables.context import LocalContext;
+                        print(train(TransferConfig(), LocalContext()))"
 Through the orchestrator: python orchestrator/run.py lab1 --study transfer
 """
 from __future__ import annotations
@@ -23,53 +24,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import check
+from ..config import bounded
 from ..context import Context, json_bytes
-from ..data import ImageData, Split, load_image_data, to_float
-from .classifier import Dataset
-from .source import SourceFields, describe, obtain_source
+from ..data import ImageData, Split, to_float
 from ..models import ConvNet
+from ..recipe import TrainingRecipe, load_data
 from ..training import Speed, evaluate, make_optimizer, make_scheduler, train_and_validate
+from .source import SourceFields, describe, obtain_source
 
 Variant = Literal["linear-svc", "knn", "head", "finetune", "scratch"]
 SKLEARN_VARIANTS = ("linear-svc", "knn")
 
 
 @dataclass(frozen=True)
-class TransferConfig(SourceFields):
-    variant: Variant = "head"
-    dataset: Dataset = "digits"             # the target
-    classes: tuple[int, ...] = (5, 6, 7, 8, 9)  # target labels kept (relabelled 0..k-1); () = all
-    max_train: int = 0                      # cap on target training images (0 = all): a small target set
-    val_fraction: float = 0.15              # of the target training set, held out for selection
-    # Network variants (head, finetune, scratch)
-    epochs: int = 15
-    batch_size: int = 32                    # images per step
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9                   # SGD only
-    weight_decay: float = 0.0
-    schedule: Literal["constant", "cosine"] = "cosine"
-    crop_pad: int = 0                       # random-crop padding in pixels (0 = none)
-    flip: bool = False
-    unfreeze_stages: int = 1                # finetune: the last k stages train (clamped to the net's stages)
-    amp: bool = True                        # bf16 autocast on CUDA for head/finetune/scratch (no-op on CPU)
-    channels_last: bool = True              # NHWC memory format on CUDA (no-op on CPU and for MLPs)
-    # scikit-learn variants
-    svc_c: float = 1.0                      # LinearSVC inverse regularisation
-    knn_k: int = 5                          # neighbours
-    seed: int = 0
+class TransferConfig(SourceFields, TrainingRecipe):
+    """The source (SourceFields), the target's training recipe (trainables/recipe.py; the network
+    is the source's: head, finetune and scratch train it, the scikit-learn variants do not), plus:"""
 
-    def __post_init__(self) -> None:
-        self.check_source()
-        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        check(self.max_train >= 0, "max_train", f"must be >= 0, got {self.max_train}")
-        check(0 < self.val_fraction < 0.5, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
-        check(self.unfreeze_stages >= 1, "unfreeze_stages", f"must be >= 1, got {self.unfreeze_stages}")
-        check(self.svc_c > 0, "svc_c", f"must be > 0, got {self.svc_c}")
-        check(self.knn_k >= 1, "knn_k", f"must be >= 1, got {self.knn_k}")
+    variant: Variant = "head"
+    # the target (recipe fields, with the defaults of a small target set)
+    classes: tuple[int, ...] = (5, 6, 7, 8, 9)  # target labels kept (relabelled 0..k-1); () = all
+    val_fraction: float = 0.15              # of the target training set, held out for selection
+    epochs: int = 15                        # head, finetune, scratch
+    batch_size: int = 32                    # images per step
+    unfreeze_stages: int = bounded(1, ge=1)  # finetune: the last k stages train (clamped to the net's stages)
+    # scikit-learn variants
+    svc_c: float = bounded(1.0, gt=0)       # LinearSVC inverse regularisation
+    knn_k: int = bounded(5, ge=1)           # neighbours
 
 
 class PartlyFrozen(nn.Module):
@@ -150,12 +131,11 @@ def train(cfg: TransferConfig, ctx: Context) -> dict[str, float]:
     # Source weights are not needed from scratch, nor when resuming (the checkpoint has them all).
     src, source, source_metrics = obtain_source(cfg, cfg.seed, ctx,
                                                 weights=cfg.variant != "scratch" and state is None)
-    data = load_image_data(cfg.dataset, ctx.data_dir, ctx.device, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                           classes=cfg.classes, max_train=cfg.max_train)
+    data = load_data(cfg, ctx)
     files = {"config.json": json_bytes(asdict(cfg)), "source.json": json_bytes(describe(src))}
     if cfg.variant in SKLEARN_VARIANTS:
         metrics = {**fit_sklearn(cfg, source.to(ctx.device), data), **source_metrics}
-        ctx.report(metrics, files=files)
+        ctx.report(metrics, files=files, final=True)
         return metrics
 
     if cfg.variant == "scratch":
@@ -185,5 +165,5 @@ def train(cfg: TransferConfig, ctx: Context) -> dict[str, float]:
             metrics["test_loss"], metrics["test_acc"] = evaluate(net, data.test, speed=speed)
         state_out = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "epoch": epoch, "config": asdict(cfg)}
-        ctx.report(metrics, state=state_out, files=files if last else None)
+        ctx.report(metrics, state=state_out, files=files if last else None, final=last)
     return metrics

@@ -1,6 +1,7 @@
 """Lab 3, CLIP: zero-shot classification from prompts, and LoRA adaptation (vision, text or both towers).
 
-In-process:  python -c "from trainables.lab3.clip import *; print(train(ClipConfig(method='lora'), LocalContext()))"
+In-process:  python -c "from trainables.lab3.clip import *; from trainables.context import LocalContext;
+                        print(train(ClipConfig(method='lora'), LocalContext()))"
 Through the orchestrator: python orchestrator/run.py lab3 --study clip-lora
 
 "zeroshot": class embeddings from prompt templates, top-1 and per-class accuracy on val and test.
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .clip_models import SHAPE_CLASSES, TEMPLATES, PromptClassifier, load_clip, shapes_split
-from ..config import check
+from ..config import Config, bounded, check
 from ..context import Context, json_bytes
 from ..data import Split, load_image_data
 from .lora import PRESETS, apply_lora, param_counts, trainable_state
@@ -40,43 +41,33 @@ SHAPES_SIZES = {"train": 1024, "val": 320, "test": 800}  # images of the 16 shap
 
 
 @dataclass(frozen=True)
-class ClipConfig:
+class ClipConfig(Config):
     method: Literal["zeroshot", "lora"] = "zeroshot"
     model: str = "tiny"            # "tiny" (offline stand-in) or a hub id, e.g. openai/clip-vit-base-patch16 / -patch32
     dataset: str = "shapes"        # shapes (offline) | cifar10 | cifar100 | hf-dataset:ORG/NAME (image, label columns)
     prompt: Literal["photo", "ensemble"] = "photo"  # "a photo of a {}." or the template ensemble
-    shots: int = 16                # LoRA training images per class (0 = the whole training split)
-    max_eval: int = 0              # cap on validation and test images (0 = all)
-    eval_batch: int = 256          # images per forward pass when evaluating
-    epochs: int = 10
-    batch_size: int = 32           # images per step (per worker under DDP)
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    lora_rank: int = 2
-    lora_alpha: float = 4.0        # adapter scale = alpha / rank
-    lora_dropout: float = 0.0
+    shots: int = bounded(16, ge=0)  # LoRA training images per class (0 = the whole training split)
+    max_eval: int = bounded(0, ge=0)  # cap on validation and test images (0 = all)
+    eval_batch: int = bounded(256, ge=1)  # images per forward pass when evaluating
+    epochs: int = bounded(10, ge=1)
+    batch_size: int = bounded(32, ge=1)  # images per step (per worker under DDP)
+    lr: float = bounded(1e-3, gt=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    lora_rank: int = bounded(2, ge=1, le=64)
+    lora_alpha: float = bounded(4.0, gt=0)  # adapter scale = alpha / rank
+    lora_dropout: float = bounded(0.0, ge=0, lt=1)
     lora_targets: str = "qkv"      # preset on the attention projections: qv | qkv | qkvo | all
     lora_towers: Literal["vision", "text", "both"] = "both"
-    val_fraction: float = 0.1      # CIFAR / HF sets: of the training split, held out for selection
+    val_fraction: float = bounded(0.1, gt=0, lt=0.5)  # CIFAR / HF sets: held out of the training split
     amp: bool = True               # bf16 autocast for the LoRA training steps on CUDA; no-op on CPU
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        super().check()
         check(self.model == "tiny" or self.model.count("/") == 1, "model", f"expected tiny or ORG/NAME, got {self.model!r}")
         check(self.dataset in ("shapes", "cifar10", "cifar100") or self.dataset.startswith("hf-dataset:"), "dataset",
               f"expected shapes, cifar10, cifar100 or hf-dataset:ORG/NAME, got {self.dataset!r}")
-        check(self.shots >= 0, "shots", f"must be >= 0, got {self.shots}")
-        check(self.max_eval >= 0, "max_eval", f"must be >= 0, got {self.max_eval}")
-        check(self.eval_batch >= 1, "eval_batch", f"must be >= 1, got {self.eval_batch}")
-        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        check(1 <= self.lora_rank <= 64, "lora_rank", f"must be in [1, 64], got {self.lora_rank}")
-        check(self.lora_alpha > 0, "lora_alpha", f"must be > 0, got {self.lora_alpha}")
-        check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         check(self.lora_targets in PRESETS, "lora_targets", f"expected one of {list(PRESETS)}, got {self.lora_targets!r}")
-        check(0 < self.val_fraction < 0.5, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
 
 
 @dataclass(frozen=True)
@@ -205,7 +196,8 @@ def zero_shot(cfg: ClipConfig, ctx: Context) -> dict[str, float]:
     metrics.update(accuracy_metrics(predict(head, data.val, cfg.eval_batch)[0], data.val.y, "val"))
     metrics.update(accuracy_metrics(predict(head, data.test, cfg.eval_batch)[0], data.test.y, "test", data.class_names))
     per_class = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("test_acc/")}
-    ctx.report(metrics, files={"per_class.json": json_bytes(per_class), "config.json": json_bytes(asdict(cfg))})
+    ctx.report(metrics, files={"per_class.json": json_bytes(per_class), "config.json": json_bytes(asdict(cfg))},
+               final=True)
     return metrics
 
 
@@ -242,8 +234,8 @@ def lora(cfg: ClipConfig, ctx: Context) -> dict[str, float]:
         pred = predict(head, data.val, cfg.eval_batch)[0]
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                    **accuracy_metrics(pred, data.val.y, "val"), "lr": sched.get_last_lr()[0], **counts}
-        files = None
-        if epoch + 1 == cfg.epochs:  # the test set, once, for the adapted model; both heads, before/after
+        files, last = None, epoch + 1 == cfg.epochs
+        if last:  # the test set, once, for the adapted model; both heads, before/after
             pred = predict(head, data.test, cfg.eval_batch)[0]
             metrics.update(accuracy_metrics(pred, data.test.y, "test", data.class_names))
             metrics.update(before, **linear_probe(head, data, cfg.eval_batch, ""), weights_digest=weights_digest(head),
@@ -251,5 +243,5 @@ def lora(cfg: ClipConfig, ctx: Context) -> dict[str, float]:
             files = {"config.json": json_bytes(asdict(cfg))}
         state = {"model": trainable_state(head), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "epoch": epoch, "config": asdict(cfg)}
-        ctx.report(metrics, state=state, files=files)
+        ctx.report(metrics, state=state, files=files, final=last)
     return metrics

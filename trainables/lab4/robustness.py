@@ -23,15 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import evaluation
-from .attacks import fgsm, fgsm_rs, pgd
-from ..config import check
+from ..config import bounded, check
 from ..context import Context, json_bytes
-from ..data import ImageData, Split, batches, load_image_data, to_float
-from ..lab1.classifier import Lab1Config, build_model
-from .ood import ConvAutoencoder
+from ..data import ImageData, Split, batches, to_float
+from ..models import build_model
+from ..recipe import ImageRecipe, Model, load_data
 from ..training import (Perturb, Speed, evaluate, make_optimizer, make_scheduler, train_and_validate, train_one_epoch,
                        training_net, weights_digest)
+from . import evaluation
+from .attacks import fgsm, fgsm_rs, pgd
+from .ood import ConvAutoencoder
 
 Task = Literal["ood", "fgsm", "adv-train", "targeted"]
 OodSet = Literal["heldout", "noise", "fakedata", "cifar100", "svhn"]
@@ -39,96 +40,66 @@ Score = Literal["msp", "msp_t", "maxlogit", "energy", "odin", "ae"]
 CIFAR_GRID = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
 
 
+PIXELS = "pixel units"
+
+
 @dataclass(frozen=True)
-class Lab4Config:
+class Lab4Config(ImageRecipe):
+    """The image recipe (trainables/recipe.py: data, training, the classifier) with Lab 4's defaults,
+    plus the task, its OOD scores, attacks and adversarial training."""
+
     task: Task = "fgsm"
+    # the recipe's fields that Lab 4 narrows or sets otherwise
     dataset: Literal["digits", "mnist", "cifar10", "synthetic"] = "digits"  # in-distribution data
-    classes: tuple[int, ...] = ()      # ID labels kept (relabelled 0..k-1); () = all
-    ood_set: OodSet = "noise"          # heldout = the ID dataset's other classes
-    # classifier, built by trainables.lab1.classifier.build_model
-    model: Literal["mlp", "cnn", "resnet18"] = "cnn"
+    classes: tuple[int, ...] = bounded((), ge=0, le=9)  # ID labels kept (relabelled 0..k-1); () = all
+    model: Model = "cnn"
     width: int = 16                    # MLP hidden units / CNN channels of the first stage
     depth: int = 1                     # MLP blocks / CNN blocks per stage
     residual: bool = True
     num_stages: int = 2
-    epochs: int = 10
     batch_size: int = 64               # images per step
     lr: float = 3e-3
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = 0.9              # SGD only
-    weight_decay: float = 0.0
-    schedule: Literal["constant", "cosine"] = "cosine"
-    crop_pad: int = 0                  # random-crop padding in pixels
-    flip: bool = False
     val_fraction: float = 0.15         # of the training set, held out for selection
-    max_train: int = 0                 # cap on training images (0 = all)
+    # (amp, channels_last, compile: training steps and validation only; attacks, ODIN and the final
+    # evaluation stay fp32: gradients w.r.t. inputs at eps = 1/255 are what they measure)
+    ood_set: OodSet = "noise"          # heldout = the ID dataset's other classes
     # OOD scores
     score: Score = "odin"              # its validation AUROC is `val_auroc`, the ood study's target
-    temperature: float = 1000.0        # T of msp_t and odin
-    odin_eps: float = 0.0014           # ODIN input step, pixel units
-    ae_width: int = 16                 # autoencoder channels (first conv)
-    ae_latent: int = 16                # autoencoder bottleneck size
-    ae_lr: float = 3e-3
+    temperature: float = bounded(1000.0, gt=0)  # T of msp_t and odin
+    odin_eps: float = bounded(0.0014, ge=0, le=1, note=PIXELS)  # ODIN input step
+    ae_width: int = bounded(16, ge=1)  # autoencoder channels (first conv)
+    ae_latent: int = bounded(16, ge=1)  # autoencoder bottleneck size
+    ae_lr: float = bounded(3e-3, gt=0)
     # attacks (pixel units of [0, 1])
-    epsilon: float = 8 / 255           # FGSM / PGD radius, adversarial-training radius, targeted budget
-    eps_grid: tuple[float, ...] = CIFAR_GRID  # accuracy-vs-eps grid
-    attack_step: float = 1 / 255       # step of iterative FGSM
-    attack_steps: int = 50             # step budget of iterative FGSM
-    target: int = 0                    # class of the targeted attack
-    max_eval: int = 1000               # test images attacked (0 = all)
+    # FGSM / PGD radius, adversarial-training radius, targeted budget
+    epsilon: float = bounded(8 / 255, ge=0, le=1, note=f"{PIXELS}; 8/255 = 0.0314")
+    eps_grid: tuple[float, ...] = bounded(CIFAR_GRID, ge=0, le=1, note=PIXELS)  # accuracy-vs-eps grid
+    attack_step: float = bounded(1 / 255, gt=0, le=1, note=PIXELS)  # step of iterative FGSM
+    attack_steps: int = bounded(50, ge=1)  # step budget of iterative FGSM
+    target: int = bounded(0, ge=0)     # class of the targeted attack (below the classes kept: checked in train)
+    max_eval: int = bounded(1000, ge=0)  # test images attacked (0 = all)
     # adversarial training
-    mix: float = 0.5                   # fraction of each batch replaced by adversarial images (0 = standard)
-    alpha_ratio: float = 1.25          # FGSM-RS step = alpha_ratio * epsilon (Wong et al.)
+    mix: float = bounded(0.5, ge=0, le=1)  # fraction of each batch replaced by adversarial images (0 = standard)
+    alpha_ratio: float = bounded(1.25, gt=0)  # FGSM-RS step = alpha_ratio * epsilon (Wong et al.)
     random_start: bool = True          # False (with alpha_ratio=1): plain FGSM training, the CO-prone baseline
-    pgd_steps: int = 10                # PGD steps of the evaluation attack (step 2.5 * eps / steps)
-    eval_eps: float = 8 / 255          # threat model of adv-train's target: PGD accuracy at this eps
-    co_ratio: float = 0.5              # PGD acc below co_ratio x its best = catastrophic overfitting
-    co_gap: float = 0.3                # ... or FGSM acc - PGD acc above this (on the probe batch)
-    co_batch: int = 256                # fixed validation images of the per-epoch PGD check
-    # speed (trainables/training.py): training steps and validation only; attacks, ODIN and the
-    # final evaluation stay fp32 (gradients w.r.t. inputs at eps = 1/255 are what they measure)
-    amp: bool = True                   # bf16 autocast on CUDA (no-op on CPU)
-    channels_last: bool = True         # NHWC memory format for conv nets on CUDA (no-op on CPU and for MLPs)
-    compile: bool = False              # torch.compile the training net (costs tens of seconds up front)
-    seed: int = 0
+    pgd_steps: int = bounded(10, ge=1)  # PGD steps of the evaluation attack (step 2.5 * eps / steps)
+    eval_eps: float = bounded(8 / 255, gt=0, le=1, note=PIXELS)  # adv-train's threat model: PGD accuracy at this eps
+    co_ratio: float = bounded(0.5, gt=0, lt=1)  # PGD acc below co_ratio x its best = catastrophic overfitting
+    co_gap: float = bounded(0.3, gt=0, le=1)  # ... or FGSM acc - PGD acc above this (on the probe batch)
+    co_batch: int = bounded(256, ge=1)  # fixed validation images of the per-epoch PGD check
 
-    def __post_init__(self) -> None:
-        for key in ("width", "depth", "num_stages", "epochs", "batch_size", "ae_width", "ae_latent",
-                    "attack_steps", "pgd_steps", "co_batch"):
-            check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("lr", "ae_lr", "temperature", "attack_step", "alpha_ratio"):
-            check(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
-        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        check(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
-        check(0 < self.val_fraction < 0.5, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
-        check(self.crop_pad >= 0 and self.max_train >= 0 and self.max_eval >= 0, "max_eval",
-              "crop_pad, max_train and max_eval must be >= 0")
-        check(0 <= self.odin_eps <= 1, "odin_eps", f"must be in [0, 1] (pixel units), got {self.odin_eps}")
-        check(0 <= self.epsilon <= 1, "epsilon", f"must be in [0, 1] (pixel units; 8/255 = 0.0314), got {self.epsilon}")
-        check(0 < self.eval_eps <= 1, "eval_eps", f"must be in (0, 1] (pixel units), got {self.eval_eps}")
-        check(len(self.eps_grid) >= 1 and all(0 <= e <= 1 for e in self.eps_grid), "eps_grid",
-              f"needs values in [0, 1] (pixel units), got {self.eps_grid}")
+    def check(self) -> None:
+        super().check()
+        check(len(self.eps_grid) >= 1, "eps_grid", "needs at least one value")
         check(list(self.eps_grid) == sorted(set(self.eps_grid)), "eps_grid", "must be increasing, without repeats")
-        check(0 <= self.mix <= 1, "mix", f"must be in [0, 1], got {self.mix}")
-        check(0 < self.co_ratio < 1, "co_ratio", f"must be in (0, 1), got {self.co_ratio}")
-        check(0 < self.co_gap <= 1, "co_gap", f"must be in (0, 1], got {self.co_gap}")
-        check(self.target >= 0, "target", f"must be >= 0, got {self.target}")
-        check(all(0 <= c <= 9 for c in self.classes), "classes", f"labels are 0..9, got {self.classes}")
         check(self.ood_set != "heldout" or 0 < len(self.classes) < 10, "ood_set",
               "heldout needs `classes` to keep some labels out (e.g. classes=0,1,2,3,4)")
         check(self.ood_set not in ("cifar100", "svhn") or self.dataset == "cifar10", "ood_set",
               f"{self.ood_set} is an OOD set for CIFAR-10 (3x32x32) only, not {self.dataset}")
 
 
-def load_data(cfg: Lab4Config, ctx: Context) -> ImageData:
-    return load_image_data(cfg.dataset, ctx.data_dir, ctx.device, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                           classes=cfg.classes, max_train=cfg.max_train)
-
-
 def build_classifier(cfg: Lab4Config, data: ImageData) -> nn.Module:
-    arch = Lab1Config(model=cfg.model, width=cfg.width, depth=cfg.depth, residual=cfg.residual,
-                      num_stages=cfg.num_stages)
-    return build_model(arch, data.shape, data.num_classes, data.mean, data.std)
+    return build_model(cfg, data.shape, data.num_classes, data.mean, data.std)
 
 
 # ---------------------------------------------------------------------------------------- epochs
@@ -310,8 +281,8 @@ def train(cfg: Lab4Config, ctx: Context) -> dict[str, float]:
         if cfg.task == "adv-train":
             probed, stop = check_overfitting(cfg, m, probe, epoch)
             metrics.update(probed)
-        files = None
-        if stop or epoch + 1 == cfg.epochs:
+        files, last = None, stop or epoch + 1 == cfg.epochs
+        if last:
             if stop:  # Wong et al.'s remedy: keep the weights of the best PGD epoch
                 m.model.load_state_dict(m.best_weights)
             final, files = final_evaluation(cfg, m.model, m.ae, data, ood)
@@ -320,7 +291,7 @@ def train(cfg: Lab4Config, ctx: Context) -> dict[str, float]:
                 metrics.update(catastrophic_overfit=float(stop), co_epoch=float(epoch + 1 if stop else 0),
                                best_pgd_epoch=float(m.best_epoch))
             files["config.json"] = json_bytes(asdict(cfg))
-        ctx.report(metrics, state=m.state(epoch, cfg), files=files)
+        ctx.report(metrics, state=m.state(epoch, cfg), files=files, final=last)
         if stop:
             break
     return metrics
