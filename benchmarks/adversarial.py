@@ -28,7 +28,7 @@ def setting(name: str, quick: bool) -> tuple[Any, Any]:
         from orchestrator.studies import get_study
 
         study = get_study("lab4", "adv-train")
-        cfg = Lab4Config(**{**study.profiles["quick"], "epochs": 1})
+        cfg = Lab4Config(**{**study.base_config("quick"), "epochs": 1})
         data = load_image_data(cfg.dataset, None, torch.device("cpu"), val_fraction=cfg.val_fraction)
         return cfg, data
     n = 1024 if quick else 4096

@@ -34,7 +34,7 @@ QUICK_GRID = {"depth": [1, 2], "residual": [False, True], "lr": [10 ** -2.5]}
 def base_config(epochs: int) -> dict[str, Any]:
     from orchestrator.studies import get_study
 
-    return {**get_study(*STUDY).profiles["quick"], "seed": 0, "grad_norms": False, "epochs": epochs}
+    return {**get_study(*STUDY).base_config("quick"), "seed": 0, "grad_norms": False, "epochs": epochs}
 
 
 def grid_trial(point: dict[str, Any], epochs: int) -> list[float]:

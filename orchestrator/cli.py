@@ -1,7 +1,8 @@
 """Command line: `python orchestrator/run.py {list | prefetch LAB | LAB} ...` (see --help).
 
 Everything a user can get wrong is checked before Ray starts or MLflow is touched, so bad input
-gives one line, exit code 2, and leaves no run and no results folder behind.
+gives one line, exit code 2, and leaves no run and no results folder behind. The only reader of
+argparse: a run gets the planned studies and one frozen `RunOptions` (orchestrator.options).
 """
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,14 +17,10 @@ from trainables.config import ConfigError, from_dict, to_dict
 from trainables.data import DataMissing, download_dataset, has_dataset
 
 from . import studies as registry
-from .studies import PROFILES, Study
+from .options import Planned, RunOptions, UsageError, report_dir, tracking_uri
+from .studies import PROFILES
 
 RUN_KEYS = {"train_backend": ("auto", "ray-train")}  # --set keys for the wiring, not the trainable
-REPO = Path(__file__).resolve().parents[1]
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit code 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -120,14 +115,6 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------------------- plan
-@dataclass(frozen=True)
-class Planned:
-    study: Study
-    base: dict[str, Any]   # profile values + --set values (validated)
-    pins: dict[str, Any]   # --set values of config fields (typed)
-    run_keys: dict[str, str]
-
-
 def parse_sets(groups: Sequence[Sequence[str]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in (i for g in groups for i in g):
@@ -181,7 +168,7 @@ def check_storage(storage: str) -> None:
 def check_data(planned: list[Planned], profile: str, data_dir: Path, offline: bool) -> None:
     """The full profile needs its datasets in data_dir: downloaded here, once, in the driver (never
     racing in every worker), unless --offline."""
-    for name in sorted({d for p in planned for d in p.study.datasets.get(profile, ())}):
+    for name in sorted({d for p in planned for d in p.study.profiles[profile].datasets}):
         if has_dataset(name, data_dir):
             continue
         if offline:
@@ -200,7 +187,7 @@ def cmd_list() -> None:
         for s in registry.studies_of(lab):
             print(f"  {s.name}: {s.question}")
             print(f"    target: {s.mode} {s.metric}; early stopping: {'ASHA' if s.early_stopping else 'none'}; "
-                  f"trials: {', '.join(f'{k} {v}' for k, v in s.num_samples.items())}; "
+                  f"trials: {', '.join(f'{k} {s.profiles[k].trials}' for k in PROFILES)}; "
                   f"GPUs per trial: {s.gpus_per_trial:g}")
             for param, dist in registry.describe_space(s.space).items():
                 print(f"    {param}: {dist}")
@@ -211,7 +198,7 @@ def cmd_prefetch(lab: str, data_dir: Path) -> None:
         chosen = registry.studies_of(lab)
     except KeyError as e:
         raise UsageError(e.args[0]) from None
-    names = sorted({d for s in chosen for d in s.datasets.get("full", ())})
+    names = sorted({d for s in chosen for d in s.profiles["full"].datasets})
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name} -> {data_dir}", flush=True)
         try:
@@ -219,16 +206,6 @@ def cmd_prefetch(lab: str, data_dir: Path) -> None:
         except DataMissing as e:
             raise UsageError(str(e).splitlines()[0]) from None
     print(f"{lab}: {len(names)} dataset(s) ready in {data_dir.resolve()}")
-
-
-def tracking_uri(arg: str | None, launch: Path) -> str:
-    from .tracking import default_uri
-
-    return arg or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(launch)
-
-
-def report_dir(arg: Path | None, lab: str) -> Path:
-    return (arg or Path("reports") / f"{lab}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -246,7 +223,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def run_options(args: argparse.Namespace) -> tuple[list[Planned], RunOptions]:
+    """Checks a `run.py LAB ...` command line (UsageError on bad input) and resolves it: the planned
+    studies and the run's options. Downloads missing data of the full profile; creates nothing else."""
     launch = Path.cwd()
     if args.repeats < 0:
         raise UsageError(f"--repeats: must be >= 0, got {args.repeats}")
@@ -256,21 +235,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         storage = str(Path(storage).resolve())
     check_storage(storage)
     data_dir = (args.data_dir or launch / "data").resolve()
-    from .session import latest_experiment, run_planned
-
     resume = None
     if args.resume:
+        from .session import latest_experiment
+
         resume = {p.study.key: latest_experiment(storage, p.study) for p in planned}
         missing = [k for k, v in resume.items() if v is None]
         if missing:
             raise UsageError(f"--resume: no interrupted study {missing[0]} under {storage}")
     elif args.profile == "full":
         check_data(planned, args.profile, data_dir, args.offline)
+    return planned, RunOptions(
+        profile=args.profile, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        workers_per_trial=args.workers_per_trial, mlflow_uri=tracking_uri(args.mlflow_uri, launch), storage=storage,
+        data_dir=data_dir, launch=launch, seed=args.seed, ray_address=args.ray_address, offline=args.offline,
+        max_failures=args.max_failures, repeats=args.repeats,
+        report_dir=args.report_dir.resolve() if args.report_dir else None, resume=resume,
+        quiet=args.quiet)
+
+
+def cmd_run(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
+    planned, opts = run_options(args)
+    from .session import run_planned
+
     # Only now: Ray, MLflow, results.
-    return run_planned(planned, args, storage=storage, data_dir=data_dir, launch=launch, resume=resume)
+    return run_planned(planned, opts, callbacks=callbacks)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int:
+    """`run.py ...`; `callbacks`: extra Tune callbacks for every study's tuner (benchmarks)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -285,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "report":
             return cmd_report(args)
-        return cmd_run(args)
+        return cmd_run(args, callbacks)
     except UsageError as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 2

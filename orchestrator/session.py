@@ -1,24 +1,26 @@
 """Runs planned studies one after another on a Ray connection, each logged to MLflow; resumes a
-study whose driver died (`--resume`)."""
+study whose driver died (`--resume`). Everything it needs comes in a `RunOptions` (orchestrator.options)."""
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.search import Searcher
 
-from .cli import REPO, Planned, UsageError, report_dir, tracking_uri
 from .execution import TrialSpec
+from .options import REPO, Planned, RunOptions, UsageError, report_dir
+from .provenance import git_commit
+from .ranking import rank
+from .sources import resolve_source
 from .studies import Study, get_study
-from .tracking import Lookup, MlflowTracker, default_uri, ensure_server, find_parent, git_commit, stop_server
+from .tracking import Lookup, MlflowTracker, default_uri, ensure_server, find_parent, stop_server
 from .tuning import TuneOptions, build_tuner, connect_ray, make_trainable, study_tuner
 
 STATE_FILE = "dla_study.pkl"  # beside Tune's own state: what --resume needs to rebuild the study
@@ -62,13 +64,12 @@ def latest_experiment(storage: str, study: Study) -> str | None:
 
 
 def _describe_best(tracker: MlflowTracker, metric: str) -> str:
-    rows = [r for r in tracker.rows() if metric in r["metrics"]]
-    if not rows:
+    ranked = rank(tracker.rows(), metric, tracker.mode)
+    if not ranked:
         return "no trial reported"
-    pick = max if tracker.mode == "max" else min
-    best = pick(rows, key=lambda r: r["metrics"][metric])
-    params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(best["params"].items()))
-    return f"best {metric}={best['metrics'][metric]:.4f} ({params}) over {len(rows)} trials"
+    top = ranked[0]
+    params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(top["params"].items()))
+    return f"best {metric}={top['metrics'][metric]:.4f} ({params}) over {len(ranked)} trials"
 
 
 def _short(v: Any) -> str:
@@ -92,15 +93,14 @@ class FixedPoints(Searcher):
 
 def repeat_points(study: Study, rows: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
     """The best sampled config of each `study.report_by` group (or the best overall), once per seed."""
-    scored = [r for r in rows if study.metric in r["metrics"]]
-    scored.sort(key=lambda r: r["metrics"][study.metric], reverse=study.mode == "max")
-    best: dict[tuple, dict[str, Any]] = {}
-    for r in scored:
-        best.setdefault(tuple(str(r["params"].get(k)) for k in study.report_by), r["params"])
-    return [{**params, "seed": seed} for params in best.values() for seed in seeds]
+    chosen: dict[tuple, dict[str, Any]] = {}
+    for r in rank(rows, study.metric, study.mode):  # best first: the first row of a group is its best
+        chosen.setdefault(tuple(str(r["params"].get(k)) for k in study.report_by), r["params"])
+    return [{**params, "seed": seed} for params in chosen.values() for seed in seeds]
 
 
-def run_repeats(study: Study, spec: TrialSpec, opts: TuneOptions, parent: MlflowTracker, k: int) -> bool:
+def run_repeats(study: Study, spec: TrialSpec, opts: TuneOptions, parent: MlflowTracker, k: int,
+                callbacks: Sequence[Any] = ()) -> bool:
     """Re-runs the search's best configurations with k seeds, as a second invocation (tag
     repeats_of = the search's parent run); the report shows mean ± std."""
     points = repeat_points(study, parent.rows(), [opts.seed + i for i in range(k)])
@@ -111,7 +111,7 @@ def run_repeats(study: Study, spec: TrialSpec, opts: TuneOptions, parent: Mlflow
                                   "repeats_of": parent.parent_id}, params={"repeats": k, "configs": len(points) // k},
                             resolve=spec.resolve, compare=None, metric=study.metric, mode=study.mode)
     print(f"== {study.key}: {len(points)} repeat trials ({len(points) // k} configs x {k} seeds)", flush=True)
-    tuner = study_tuner(spec, opts, [tracker], f"{opts.name}-repeats", num_samples=len(points),
+    tuner = study_tuner(spec, opts, [tracker, *callbacks], f"{opts.name}-repeats", num_samples=len(points),
                         search_alg=FixedPoints(points, study.metric, study.mode),
                         max_concurrent_trials=opts.max_concurrent)
     return _fit(study, tracker, tuner)
@@ -132,45 +132,45 @@ def _fit(study: Study, tracker: MlflowTracker, tuner: tune.Tuner) -> bool:
     return not interrupted
 
 
-def start_study(p: Planned, args: argparse.Namespace, *, storage: str, data_dir: Path, uri: str,
-                ray_mode: str, gpus: float) -> bool:
-    study = p.study
+def start_study(p: Planned, opts: RunOptions, *, ray_mode: str, gpus: float, callbacks: Sequence[Any] = ()) -> bool:
+    study, storage = p.study, opts.storage
     name = f"{study.lab}-{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     exp_dir = f"{storage.rstrip('/')}/{name}"
     # Inputs a study prepares (a source model) go where trials can read them: the storage folder
     # (shared on a cluster); with a URI storage, the launch folder (single-node use only).
-    inputs = Path(exp_dir) / "inputs" if "://" not in storage else Path.cwd() / "inputs" / name
+    inputs = Path(exp_dir) / "inputs" if "://" not in storage else opts.launch / "inputs" / name
     base = p.base
-    if study.prepare is not None:
+    if study.source is not None:
         try:
-            base = study.prepare(dict(base), Lookup(uri, inputs))
+            base = resolve_source(study, dict(base), Lookup(opts.mlflow_uri, inputs))
         except (ValueError, FileNotFoundError) as e:
             raise UsageError(f"{study.key}: {e}") from None
-    spec = TrialSpec(lab=study.lab, study=study.name, base=base, pins=p.pins, data_dir=str(data_dir),
-                     workers=args.workers_per_trial, backend=p.run_keys.get("train_backend", "auto"),
-                     cpus_per_worker=args.cpus_per_trial, gpus_per_worker=gpus, storage=storage,
-                     max_failures=args.max_failures)
-    num_samples = args.num_samples or study.num_samples[args.profile]
-    opts = TuneOptions(num_samples=num_samples, max_concurrent=args.max_concurrent, seed=args.seed, storage=storage,
-                       name=name, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus,
-                       verbose=0 if args.quiet else 1)
-    save_state(storage, name, StudyState(spec, opts, args.profile))
-    tags = {"lab": study.lab, "study": study.name, "profile": args.profile, "git_commit": git_commit(REPO),
+    spec = TrialSpec(lab=study.lab, study=study.name, base=base, pins=p.pins, data_dir=str(opts.data_dir),
+                     workers=opts.workers_per_trial, backend=p.run_keys.get("train_backend", "auto"),
+                     cpus_per_worker=opts.cpus_per_trial, gpus_per_worker=gpus, storage=storage,
+                     max_failures=opts.max_failures)
+    num_samples = opts.num_samples or study.profiles[opts.profile].trials
+    tune_opts = TuneOptions(num_samples=num_samples, max_concurrent=opts.max_concurrent, seed=opts.seed,
+                            storage=storage, name=name, cpus_per_trial=opts.cpus_per_trial, gpus_per_trial=gpus,
+                            verbose=0 if opts.quiet else 1)
+    save_state(storage, name, StudyState(spec, tune_opts, opts.profile))
+    tags = {"lab": study.lab, "study": study.name, "profile": opts.profile, "git_commit": git_commit(REPO),
             "ray": ray_mode, "tune_experiment": exp_dir}
-    params = {"study": study.key, "profile": args.profile, "num_samples": num_samples,
-              "max_concurrent": args.max_concurrent, "workers_per_trial": args.workers_per_trial,
-              "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": gpus, "train_backend": spec.backend,
-              "seed": args.seed, "pinned": ",".join(sorted(p.pins)) or "-"}
-    tracker = MlflowTracker(uri, experiment=study.lab, run_name=f"{study.name} [{args.profile}]", tags=tags,
-                            params=params, resolve=spec.resolve, compare=study.compare, metric=study.metric,
-                            mode=study.mode)
-    print(f"== {study.key} ({args.profile}): {num_samples} trials; MLflow parent run {tracker.parent_id}", flush=True)
-    if not _fit(study, tracker, build_tuner(study, spec, opts, [tracker], epochs=getattr(spec.resolve({}), "epochs", 1))):
+    params = {"study": study.key, "profile": opts.profile, "num_samples": num_samples,
+              "max_concurrent": opts.max_concurrent, "workers_per_trial": opts.workers_per_trial,
+              "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": gpus, "train_backend": spec.backend,
+              "seed": opts.seed, "pinned": ",".join(sorted(p.pins)) or "-"}
+    tracker = MlflowTracker(opts.mlflow_uri, experiment=study.lab, run_name=f"{study.name} [{opts.profile}]",
+                            tags=tags, params=params, resolve=spec.resolve, compare=study.compare,
+                            metric=study.metric, mode=study.mode)
+    print(f"== {study.key} ({opts.profile}): {num_samples} trials; MLflow parent run {tracker.parent_id}", flush=True)
+    tuner = build_tuner(study, spec, tune_opts, [tracker, *callbacks], epochs=getattr(spec.resolve({}), "epochs", 1))
+    if not _fit(study, tracker, tuner):
         return False
-    return run_repeats(study, spec, opts, tracker, args.repeats) if args.repeats else True
+    return run_repeats(study, spec, tune_opts, tracker, opts.repeats, callbacks) if opts.repeats else True
 
 
-def resume_study(exp_dir: str, *, uri: str) -> bool:
+def resume_study(exp_dir: str, *, uri: str, callbacks: Sequence[Any] = ()) -> bool:
     """Restores the Tune experiment (trials, searcher state) and goes on with a fresh tracker that
     reopens the invocation's parent run. Settings come from the saved study state, not the CLI."""
     state = load_state(exp_dir)
@@ -185,51 +185,53 @@ def resume_study(exp_dir: str, *, uri: str) -> bool:
                            compare=study.compare, metric=study.metric, mode=study.mode)
     tuner = tune.Tuner.restore(str(exp_dir), trainable=make_trainable(spec, opts), resume_errored=True)
     # tuner.pkl holds the dead driver's callbacks; the tracker must be this process's.
-    tuner._local_tuner.get_run_config().callbacks = [tracker]
+    tuner._local_tuner.get_run_config().callbacks = [tracker, *callbacks]
     print(f"== {study.key}: resuming {exp_dir}; MLflow parent run {tracker.parent_id}", flush=True)
     return _fit(study, tracker, tuner)
 
 
-def check_fits(args: argparse.Namespace, resources: dict[str, float]) -> None:
+def check_fits(opts: RunOptions, resources: dict[str, float]) -> None:
     """A trial that can never be placed would wait forever: say so before any run is created."""
     cpus = resources.get("CPU", 0.0)
-    workers = args.workers_per_trial
-    need = workers * args.cpus_per_trial + (0.25 if workers > 1 else 0.0)
+    workers = opts.workers_per_trial
+    need = workers * opts.cpus_per_trial + (0.25 if workers > 1 else 0.0)
     if need > cpus:
-        raise UsageError(f"a trial needs {need:g} CPUs ({workers} worker(s) x --cpus-per-trial {args.cpus_per_trial:g}"
+        raise UsageError(f"a trial needs {need:g} CPUs ({workers} worker(s) x --cpus-per-trial {opts.cpus_per_trial:g}"
                          f"{' + 0.25 for its driver' if workers > 1 else ''}) but the cluster has {cpus:g}; "
                          f"lower --cpus-per-trial")
-    if (args.gpus_per_trial or 0) * workers > resources.get("GPU", 0.0):
-        raise UsageError(f"--gpus-per-trial {args.gpus_per_trial:g} x {workers} worker(s) exceeds the cluster's "
+    if (opts.gpus_per_trial or 0) * workers > resources.get("GPU", 0.0):
+        raise UsageError(f"--gpus-per-trial {opts.gpus_per_trial:g} x {workers} worker(s) exceeds the cluster's "
                          f"{resources.get('GPU', 0.0):g} GPUs")
 
 
-def run_planned(planned: list[Planned], args: argparse.Namespace, *, storage: str, data_dir: Path, launch: Path,
-                resume: dict[str, str] | None = None) -> int:
+def run_planned(planned: list[Planned], opts: RunOptions, *, callbacks: Sequence[Any] = ()) -> int:
+    """Runs (or, with `opts.resume`, resumes) the planned studies in turn, then writes the report.
+    `callbacks`: extra Tune callbacks given to every study's tuner (e.g. a benchmark's stopwatch).
+    Returns the exit code: 0, or 130 when a study was interrupted."""
     # Experiment state is saved after every result; with sub-second epochs Tune warns about it each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    uri = tracking_uri(args.mlflow_uri, launch)
-    server = ensure_server(uri, launch)
+    uri = opts.mlflow_uri
+    server = ensure_server(uri, opts.launch)
     try:
-        ray_mode = connect_ray(args.ray_address)
+        ray_mode = connect_ray(opts.ray_address)
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        check_fits(args, ray.cluster_resources())
+        check_fits(opts, ray.cluster_resources())
         for p in planned:
-            if resume is not None:
-                ok = resume_study(resume[p.study.key], uri=uri)
+            if opts.resume is not None:
+                ok = resume_study(opts.resume[p.study.key], uri=uri, callbacks=callbacks)
             else:
-                gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (
+                gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else (
                     p.study.gpus_per_trial if has_gpu else 0.0)
-                ok = start_study(p, args, storage=storage, data_dir=data_dir, uri=uri, ray_mode=ray_mode, gpus=gpus)
+                ok = start_study(p, opts, ray_mode=ray_mode, gpus=gpus, callbacks=callbacks)
             if not ok:
                 return 130
         from .report import build_report
 
         path = build_report(uri, planned[0].study.lab, [p.study for p in planned],
-                            report_dir(args.report_dir, planned[0].study.lab))
+                            report_dir(opts.report_dir, planned[0].study.lab))
     finally:
         stop_server(server)
-    shown = default_uri(launch) if server is not None else uri
+    shown = default_uri(opts.launch) if server is not None else uri
     print(f"MLflow: {uri}  (open it with: mlflow ui --backend-store-uri {shown})")
     print(f"report: {path}")
     return 0

@@ -1,56 +1,20 @@
-"""The registry: every lab's studies, as data.
-
-A Study names its trainable, its config class, its define-by-run search space, the metric it
-optimises, and per-profile base configs. `quick` runs offline on bundled data in minutes on a
-2-core CPU; `full` is the lab's real data and scale.
+"""The registry: every lab's studies, as data (orchestrator/catalog/<lab>.py, each a STUDIES list of
+the records in orchestrator.study, re-exported here), found by lab and name; and `describe_space`.
 """
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable
+
+from .study import PROFILES, Profile, SourceModel, Study
 
 if TYPE_CHECKING:
     import optuna
 
-PROFILES = ("quick", "full")
-
-
-@dataclass(frozen=True)
-class Study:
-    lab: str
-    name: str
-    question: str                                  # what the study answers (shown by `list`)
-    trainable: Callable[[Any, Any], Any]           # train(config, ctx)
-    config_cls: type
-    space: Callable[["optuna.Trial"], Any]
-    profiles: Mapping[str, Mapping[str, Any]]      # profile -> base config values
-    num_samples: Mapping[str, int]                 # profile -> default number of trials
-    metric: str = "val_acc"
-    mode: str = "max"
-    early_stopping: bool = True                    # ASHA on `metric` over epochs
-    grace_period: int = 2                          # epochs before ASHA may stop a trial
-    gpus_per_trial: float = 1.0                    # default packing on GPU machines
-    compare: Callable[[list[dict]], Any] | None = None  # parent-run figure from the trial rows
-    datasets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # profile -> datasets/assets needed
-    # Driver-side step before the study runs (e.g. find a source model in MLflow): gets the base
-    # config and an `orchestrator.tracking.Lookup`, returns the base config to use. Raising
-    # ValueError/FileNotFoundError turns into a one-line error (exit 2) before any run is created.
-    prepare: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
-    # The report's comparison table: one row per combination of these sampled params (best trial
-    # of each), with these metrics; `references`: the lab's published numbers, shown for `full`.
-    report_by: tuple[str, ...] = ()
-    report_metrics: tuple[str, ...] = ("val_acc", "test_acc")
-    references: str = ""
-
-    @property
-    def key(self) -> str:
-        return f"{self.lab}/{self.name}"
-
-    def base_config(self, profile: str) -> dict[str, Any]:
-        return dict(self.profiles[profile])
+__all__ = ["PROFILES", "Profile", "SourceModel", "Study", "all_studies", "describe_space", "get_study", "labs",
+           "studies_of"]
 
 
 # Catalogs are imported per lab, on first use: a trial process then imports only its own lab's

@@ -15,7 +15,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from .execution import TrialSpec, run_trial
-from .studies import Study
+from .study import Study
 
 
 def _live_cluster_address() -> str | None:

@@ -80,3 +80,28 @@ def test_real_entry_point_help_and_error():
     bad = subprocess.run([*RUN, "lab1", "--set", "depth=0"], capture_output=True, text=True, timeout=120,
                          cwd=REPO / "tests")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["run.py: error: --set depth: must be >= 1, got 0"]
+
+
+def test_run_options_are_resolved_once_into_a_frozen_record(tmp_path, monkeypatch):
+    """What the session gets: absolute paths, defaults filled in, no argparse Namespace."""
+    import dataclasses
+
+    from orchestrator.cli import build_parser, run_options
+    from orchestrator.options import RunOptions
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = build_parser().parse_args(["lab1", "--study", "residual-mlp", "--study", "resnet", "--set", "epochs=2",
+                                      "--storage", "results", "--report-dir", "rep", "--seed", "3"])
+    planned, opts = run_options(args)
+    assert [p.study.name for p in planned] == ["residual-mlp", "resnet"] and planned[0].base["epochs"] == 2
+    assert isinstance(opts, RunOptions) and dataclasses.is_dataclass(opts)
+    assert opts.storage == str(tmp_path / "results") and opts.report_dir == tmp_path / "rep"
+    assert opts.data_dir == tmp_path / "data" and opts.launch == tmp_path
+    assert opts.mlflow_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert (opts.profile, opts.num_samples, opts.max_concurrent, opts.seed, opts.gpus_per_trial) == \
+        ("quick", None, 4, 3, None)
+    assert opts.resume is None and not opts.quiet
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.seed = 4  # type: ignore[misc]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # resolving creates nothing

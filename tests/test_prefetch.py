@@ -120,7 +120,7 @@ def prefetch(lab: str, data_dir: Path) -> int:
 def full_datasets(lab: str) -> list[str]:
     from orchestrator import studies
 
-    return sorted({d for s in studies.studies_of(lab) for d in s.datasets.get("full", ())})
+    return sorted({d for s in studies.studies_of(lab) for d in s.profiles["full"].datasets})
 
 
 def error_line(capsys) -> str:

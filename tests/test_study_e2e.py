@@ -43,14 +43,25 @@ def test_residual_mlp_study_logs_parent_children_metrics_and_figures(ray_local, 
 
 
 def test_storage_can_be_a_uri(ray_local, tmp_path, monkeypatch):
-    """--storage takes a URI (what a cluster's shared S3/GCS storage looks like); file:// here."""
+    """--storage takes a URI (what a cluster's shared S3/GCS storage looks like); file:// here. Extra
+    Tune callbacks given to main() (how benchmarks time a study) see every trial."""
+    from ray import tune
+
     from orchestrator.cli import main
+
+    class Count(tune.Callback):
+        def __init__(self) -> None:
+            self.started: list[str] = []
+
+        def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+            self.started.append(trial.trial_id)
 
     monkeypatch.chdir(tmp_path)
     uri = f"file://{tmp_path / 'shared'}"
+    count = Count()
     rc = main(["lab1", "--study", "mlp-capacity", "--num-samples", "2", "--set", "epochs=2", "--quiet",
-               "--storage", uri, "--mlflow-uri", mlflow_uri(tmp_path)])
-    assert rc == 0
+               "--storage", uri, "--mlflow-uri", mlflow_uri(tmp_path)], callbacks=[count])
+    assert rc == 0 and len(set(count.started)) == 2
     experiments = list((tmp_path / "shared").glob("lab1-mlp-capacity-*"))
     assert len(experiments) == 1 and (experiments[0] / "dla_study.pkl").exists()
     assert list(experiments[0].glob("run_trial_*/checkpoint_*"))

@@ -9,6 +9,7 @@ import optuna
 import pytest
 import torch
 
+from orchestrator.sources import resolve_source
 from orchestrator.studies import get_study, studies_of
 from search_spaces.lab1 import TRANSFER_VARIANTS, transfer as transfer_space
 from trainables.lab1 import source as lab1_source
@@ -177,11 +178,11 @@ def _base() -> dict:
 
 
 def prepare_transfer(base: dict, lookup: FakeLookup) -> dict:
-    return get_study("lab1", "transfer").prepare(base, lookup)
+    return resolve_source(get_study("lab1", "transfer"), base, lookup)
 
 
 def prepare_cam(base: dict, lookup: FakeLookup) -> dict:
-    return get_study("lab1", "cam").prepare(base, lookup)
+    return resolve_source(get_study("lab1", "cam"), base, lookup)
 
 
 def test_prepare_uses_an_explicit_source_run(tmp_path, source_ckpt):

@@ -1,15 +1,14 @@
-"""Lab 1 studies: MLP capacity, residual MLP/CNN over depth, ResNet-18, then transfer and CAM."""
+"""Lab 1 studies: MLP capacity, residual MLP/CNN over depth, ResNet-18, then transfer and CAM (which start
+from a trained CNN: their `source`, found in MLflow by orchestrator.sources)."""
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Mapping
 
 from search_spaces import lab1 as lab1_spaces
 from trainables import plots
 from trainables.lab1 import cam, classifier, figures as lab1_figures, source as lab1_source, transfer
 
-from ..studies import Study
+from ..study import Profile, SourceModel, Study
 
 
 def _depth_vs_residual(rows: list[dict]) -> Any:
@@ -47,126 +46,67 @@ _CAM_QUICK = {**_OWN_SOURCE_QUICK, "source_width": 16, "source_num_stages": 2, "
 _CAM_FULL = {**_OWN_SOURCE_FULL, "images_per_class": 4, "mistakes": 8, "max_eval": 1000}
 
 
-def _created_dirs(path: Path) -> list[Path]:
-    """`path` and its ancestors that do not exist yet, deepest first."""
-    missing = []
-    while not path.exists() and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    return missing
+# What makes a trained CNN unfit as the source (pure: checked by the driver on the loaded model).
+def _transfer_conflict(cfg: Any, model: Any, base: Mapping[str, Any]) -> str | None:
+    return lab1_source.transfer_conflict(cfg, model.state_dict(), base["dataset"], tuple(base.get("classes", ())))
 
 
-def _fetch(lookup: Any, run_id: str, conflict: Callable[[Any, Any], str | None]) -> tuple[str | None, str | None]:
-    """Downloads and checks a run's model.pt: (path, None) when usable, (None, why not) when it
-    conflicts with the study. Missing run / checkpoint or an unreadable one raise (one line)."""
-    dest = lookup.workdir / f"source-{run_id}"
-    new = _created_dirs(dest)
-    try:
-        path = lookup.download_model(run_id, dest)  # no progress bar: errors stay one line
-        cfg, model = lab1_source.load_checkpoint_model(path)
-        reason = conflict(cfg, model)
-    except (ValueError, FileNotFoundError) as e:
-        _remove(new, dest)
-        raise type(e)(f"source run {run_id}: {e}") from None
-    if reason is not None:
-        _remove(new, dest)
-        return None, f"run {run_id} cannot be the source: {reason}"
-    classes = f" classes {','.join(map(str, cfg.classes))}" if cfg.classes else ""
-    print(f"source model: MLflow run {run_id} ({cfg.model} trained on {cfg.dataset}{classes})", flush=True)
-    return str(Path(path).resolve()), None
-
-
-def _remove(new: list[Path], dest: Path) -> None:
-    """Leaves nothing behind of a rejected download: the folders it created, or its own folder."""
-    shutil.rmtree(new[-1] if new else dest, ignore_errors=True)
-
-
-def _prepare_source(base: dict[str, Any], lookup: Any, candidates: Sequence[Sequence[str]],
-                    conflict: Callable[[Any, Any], str | None]) -> dict[str, Any]:
-    """Resolves the source CNN before the study: `--set source_run=ID` (must exist and fit), else
-    the best trial of the latest study in `candidates` that fits, else none: the trials then train
-    one (seeded, the first saves it in the study's folder for the others)."""
-    if base.get("source_checkpoint") and not base.get("source_run"):  # a path given with --set
-        given = base["source_checkpoint"]
-        try:
-            cfg, model = lab1_source.load_checkpoint_model(given)
-        except (ValueError, FileNotFoundError) as e:
-            raise type(e)(f"source_checkpoint {given}: {e}") from None
-        if (reason := conflict(cfg, model)) is not None:
-            raise ValueError(f"source_checkpoint {given} cannot be the source: {reason}")
-        return {**base, "source_checkpoint": str(Path(given).resolve())}
-    if base.get("source_run"):
-        path, reason = _fetch(lookup, base["source_run"], conflict)
-        if reason is not None:
-            raise ValueError(reason)
-        return {**base, "source_checkpoint": path}
-    tried: list[str] = []
-    for studies in candidates:
-        run_id = lookup.latest_best_run("lab1", list(studies))
-        if run_id is None or run_id in tried:
-            continue
-        tried.append(run_id)
-        path, reason = _fetch(lookup, run_id, conflict)
-        if path is not None:
-            return {**base, "source_run": run_id, "source_checkpoint": path}
-        print(f"{reason}; looking further", flush=True)
-    print("no source model in MLflow fits: each trial trains the source CNN first (seeded; shared through "
-          f"{lookup.workdir})", flush=True)
-    return {**base, "source_run": "", "source_checkpoint": "", "source_cache": str(Path(lookup.workdir).resolve())}
-
-
-def prepare_transfer(base: dict[str, Any], lookup: Any) -> dict[str, Any]:
-    def conflict(cfg: Any, model: Any) -> str | None:
-        return lab1_source.transfer_conflict(cfg, model.state_dict(), base["dataset"], tuple(base.get("classes", ())))
-
-    return _prepare_source(base, lookup, [("residual-cnn", "resnet"), ("residual-cnn",), ("resnet",)], conflict)
-
-
-def prepare_cam(base: dict[str, Any], lookup: Any) -> dict[str, Any]:
-    # "The trained CNN" first; a ResNet-18 on 8x8 digits ends in 1x1 maps (rejected by cam_conflict).
-    return _prepare_source(base, lookup, [("residual-cnn",), ("resnet",)], lab1_source.cam_conflict)
-
+def _cam_conflict(cfg: Any, model: Any, base: Mapping[str, Any]) -> str | None:
+    return lab1_source.cam_conflict(cfg, model)
 
 
 STUDIES = [
-    Study("lab1", "mlp-capacity", "How does MLP width (3/10/64 units) limit accuracy?", classifier.train, classifier.Lab1Config,
-          lab1_spaces.mlp_capacity, {"quick": _MLP_QUICK, "full": _MLP_FULL}, {"quick": 6, "full": 12},
+    Study(lab="lab1", name="mlp-capacity", question="How does MLP width (3/10/64 units) limit accuracy?",
+          trainable=classifier.train, config_cls=classifier.Lab1Config, space=lab1_spaces.mlp_capacity,
+          profiles={"quick": Profile(base=_MLP_QUICK, trials=6),
+                    "full": Profile(base=_MLP_FULL, trials=12, datasets=("mnist",))},
           early_stopping=False, gpus_per_trial=0.25,
           compare=lambda rows: plots.metric_by(rows, "width", "val_acc", group="depth", log_x=True,
                                                title="best validation accuracy vs width"),
-          datasets={"full": ("mnist",)}, report_by=("width", "depth"),
+          report_by=("width", "depth"),
           references="MNIST MLP, 1 hidden layer: 3 units ~70%, 10 units ~93%, 64 units ~97.4% test."),
-    Study("lab1", "residual-mlp", "Do residual connections keep deep MLPs trainable?", classifier.train, classifier.Lab1Config,
-          lab1_spaces.residual_mlp, {"quick": {**_MLP_QUICK, "grad_norms": True}, "full": {**_MLP_FULL, "grad_norms": True}},
-          {"quick": 10, "full": 24}, early_stopping=False, gpus_per_trial=0.25, compare=_depth_vs_residual,
-          datasets={"full": ("mnist",)}, report_by=("depth", "residual"),
+    Study(lab="lab1", name="residual-mlp", question="Do residual connections keep deep MLPs trainable?",
+          trainable=classifier.train, config_cls=classifier.Lab1Config, space=lab1_spaces.residual_mlp,
+          profiles={"quick": Profile(base={**_MLP_QUICK, "grad_norms": True}, trials=10),
+                    "full": Profile(base={**_MLP_FULL, "grad_norms": True}, trials=24, datasets=("mnist",))},
+          early_stopping=False, gpus_per_trial=0.25, compare=_depth_vs_residual, report_by=("depth", "residual"),
           references="plain MLP collapses to ~11% (chance) at depth >= 8-16 while the residual MLP stays ~94-98% "
                      "at depth 32-50."),
-    Study("lab1", "residual-cnn", "Do residual connections keep deep CNNs trainable (CIFAR-10)?", classifier.train,
-          classifier.Lab1Config, lab1_spaces.residual_cnn, {"quick": {**_CNN_QUICK, "grad_norms": True},
-                                                     "full": {**_CNN_FULL, "grad_norms": True}},
-          {"quick": 8, "full": 16}, early_stopping=False, gpus_per_trial=0.25, compare=_depth_vs_residual,
-          datasets={"full": ("cifar10",)}, report_by=("depth", "residual"),
+    Study(lab="lab1", name="residual-cnn", question="Do residual connections keep deep CNNs trainable (CIFAR-10)?",
+          trainable=classifier.train, config_cls=classifier.Lab1Config, space=lab1_spaces.residual_cnn,
+          profiles={"quick": Profile(base={**_CNN_QUICK, "grad_norms": True}, trials=8),
+                    "full": Profile(base={**_CNN_FULL, "grad_norms": True}, trials=16, datasets=("cifar10",))},
+          early_stopping=False, gpus_per_trial=0.25, compare=_depth_vs_residual, report_by=("depth", "residual"),
           references="CIFAR-10 plain CNN accuracy falls with depth (76.6% -> 27.5% from 2-2-2-2 to 5-6-8-5 stages) "
                      "while residual stays ~78-86% (ResNet-20..56: plain 82.1 -> 73.8%, residual ~85.2-85.8%)."),
-    Study("lab1", "resnet", "How well does ResNet-18 (CIFAR stem) train, and with which recipe?", classifier.train,
-          classifier.Lab1Config, lab1_spaces.resnet,
-          {"quick": {**_CNN_QUICK, "model": "resnet18", "epochs": 4},
-           "full": {**_CNN_FULL, "model": "resnet18", "epochs": 30}},
-          {"quick": 4, "full": 12}, early_stopping=True, grace_period=2, gpus_per_trial=0.5,
+    Study(lab="lab1", name="resnet", question="How well does ResNet-18 (CIFAR stem) train, and with which recipe?",
+          trainable=classifier.train, config_cls=classifier.Lab1Config, space=lab1_spaces.resnet,
+          profiles={"quick": Profile(base={**_CNN_QUICK, "model": "resnet18", "epochs": 4}, trials=4),
+                    "full": Profile(base={**_CNN_FULL, "model": "resnet18", "epochs": 30}, trials=12,
+                                    datasets=("cifar10",))},
+          early_stopping=True, grace_period=2, gpus_per_trial=0.5,
           compare=lambda rows: plots.metric_by(rows, "lr", "val_acc", group="optimizer",
                                                title="best validation accuracy vs lr"),
-          datasets={"full": ("cifar10",)}, report_by=("optimizer",),
+          report_by=("optimizer",),
           references="ResNet-18 from scratch on CIFAR-10: ~85-95% depending on epochs."),
-    Study("lab1", "transfer", "Do CIFAR-10 features transfer to CIFAR-100: frozen + SVM/kNN, new head, fine-tuning?",
-          transfer.train, transfer.TransferConfig, lab1_spaces.transfer,
-          {"quick": _TRANSFER_QUICK, "full": _TRANSFER_FULL}, {"quick": 8, "full": 16},
+    Study(lab="lab1", name="transfer",
+          question="Do CIFAR-10 features transfer to CIFAR-100: frozen + SVM/kNN, new head, fine-tuning?",
+          trainable=transfer.train, config_cls=transfer.TransferConfig, space=lab1_spaces.transfer,
+          profiles={"quick": Profile(base=_TRANSFER_QUICK, trials=8),
+                    "full": Profile(base=_TRANSFER_FULL, trials=16, datasets=("cifar10", "cifar100"))},
           early_stopping=False, gpus_per_trial=0.5, compare=lab1_figures.transfer_comparison,
-          datasets={"full": ("cifar10", "cifar100")}, prepare=prepare_transfer, report_by=("variant",),
+          source=SourceModel(candidates=(("residual-cnn", "resnet"), ("residual-cnn",), ("resnet",)),
+                             load=lab1_source.load_checkpoint_model, conflict=_transfer_conflict),
+          report_by=("variant",),
           references="CIFAR-100 transfer from a CIFAR-10 CNN: linear SVM on features ~23-42%, fine-tuning ~40-55%."),
-    Study("lab1", "cam", "Where does the trained CNN look? CAM vs Grad-CAM heat maps, and how faithful they are",
-          cam.train, cam.CamConfig, lab1_spaces.cam, {"quick": _CAM_QUICK, "full": _CAM_FULL},
-          {"quick": 5, "full": 5}, metric="val_faithfulness", early_stopping=False, gpus_per_trial=0.25,
-          compare=lab1_figures.cam_comparison, datasets={"full": ("cifar10",)}, prepare=prepare_cam,
+    Study(lab="lab1", name="cam",
+          question="Where does the trained CNN look? CAM vs Grad-CAM heat maps, and how faithful they are",
+          trainable=cam.train, config_cls=cam.CamConfig, space=lab1_spaces.cam,
+          profiles={"quick": Profile(base=_CAM_QUICK, trials=5),
+                    "full": Profile(base=_CAM_FULL, trials=5, datasets=("cifar10",))},
+          metric="val_faithfulness", early_stopping=False, gpus_per_trial=0.25, compare=lab1_figures.cam_comparison,
+          # "The trained CNN" first; a ResNet-18 on 8x8 digits ends in 1x1 maps (rejected by cam_conflict).
+          source=SourceModel(candidates=(("residual-cnn",), ("resnet",)), load=lab1_source.load_checkpoint_model,
+                             conflict=_cam_conflict),
           report_by=("method",), report_metrics=("val_faithfulness",)),
 ]

@@ -7,12 +7,12 @@ from search_spaces import lab3 as lab3_spaces
 from trainables import plots
 from trainables.lab3 import clip, sentiment
 
-from ..studies import Study
+from ..study import Profile, Study
 
 DISTILBERT = "distilbert/distilbert-base-uncased"
 ROTTEN = "hf-dataset:cornell-movie-review-data/rotten_tomatoes"
 CLIP_B16, CLIP_B32 = "openai/clip-vit-base-patch16", "openai/clip-vit-base-patch32"
-_SENTIMENT_ASSETS = {"full": (f"hf-model:{DISTILBERT}", ROTTEN)}
+_SENTIMENT_ASSETS = (f"hf-model:{DISTILBERT}", ROTTEN)  # what the full profile needs
 
 # Quick profile: the tiny DistilBERT / CLIP stand-ins on generated sentences and synthetic shapes
 # (trainables/lab3/text_models.py, clip_models.py, stand_ins.py); `--set model=minilm` uses a
@@ -28,40 +28,48 @@ def _by(x: str, group: str | None, log_x: bool = False, metric: str = "val_acc")
 
 
 STUDIES = [
-    Study("lab3", "sentiment-baseline", "How far do frozen [CLS] features + a linear classifier go?", sentiment.train,
-          sentiment.SentimentConfig, lab3_spaces.sentiment_baseline,
-          {"quick": {**_TEXT_QUICK, "method": "frozen"}, "full": {**_TEXT_FULL, "method": "frozen"}},
-          {"quick": 4, "full": 12}, early_stopping=False, gpus_per_trial=0.25, compare=_by("C", "classifier"),
-          datasets=_SENTIMENT_ASSETS, report_by=("classifier",), report_metrics=("val_acc", "test_acc", "test_f1"),
+    Study(lab="lab3", name="sentiment-baseline", question="How far do frozen [CLS] features + a linear classifier go?",
+          trainable=sentiment.train, config_cls=sentiment.SentimentConfig, space=lab3_spaces.sentiment_baseline,
+          profiles={"quick": Profile(base={**_TEXT_QUICK, "method": "frozen"}, trials=4),
+                    "full": Profile(base={**_TEXT_FULL, "method": "frozen"}, trials=12, datasets=_SENTIMENT_ASSETS)},
+          early_stopping=False, gpus_per_trial=0.25, compare=_by("C", "classifier"),
+          report_by=("classifier",), report_metrics=("val_acc", "test_acc", "test_f1"),
           references="DistilBERT frozen [CLS] + LinearSVC on Rotten Tomatoes: ~82% val / ~80% test."),
-    Study("lab3", "sentiment-finetune", "What does fine-tuning the whole encoder (HF Trainer) add?", sentiment.train,
-          sentiment.SentimentConfig, lab3_spaces.sentiment_finetune,
+    Study(lab="lab3", name="sentiment-finetune", question="What does fine-tuning the whole encoder (HF Trainer) add?",
+          trainable=sentiment.train, config_cls=sentiment.SentimentConfig, space=lab3_spaces.sentiment_finetune,
           # epochs is searched, so ASHA (which compares trials at equal epochs) stays off
-          {"quick": {**_TEXT_QUICK, "method": "finetune", "epochs": 4}, "full": {**_TEXT_FULL, "method": "finetune"}},
-          {"quick": 4, "full": 12}, early_stopping=False, gpus_per_trial=0.5, compare=_by("lr", "batch_size"),
-          datasets=_SENTIMENT_ASSETS, report_by=("batch_size",), report_metrics=("val_acc", "test_acc", "test_f1"),
+          profiles={"quick": Profile(base={**_TEXT_QUICK, "method": "finetune", "epochs": 4}, trials=4),
+                    "full": Profile(base={**_TEXT_FULL, "method": "finetune"}, trials=12, datasets=_SENTIMENT_ASSETS)},
+          early_stopping=False, gpus_per_trial=0.5, compare=_by("lr", "batch_size"),
+          report_by=("batch_size",), report_metrics=("val_acc", "test_acc", "test_f1"),
           references="full fine-tune: ~84-85.5% (overfits after ~2 epochs at lr 5e-5)."),
-    Study("lab3", "sentiment-lora", "Does LoRA match fine-tuning with ~1% of the parameters?", sentiment.train,
-          sentiment.SentimentConfig, lab3_spaces.sentiment_lora,
-          {"quick": {**_TEXT_QUICK, "method": "lora"}, "full": {**_TEXT_FULL, "method": "lora", "lr": 5e-4}},
-          {"quick": 4, "full": 16}, early_stopping=True, grace_period=2, gpus_per_trial=0.5,
-          compare=_by("lora_rank", "lora_targets", log_x=True), datasets=_SENTIMENT_ASSETS,
+    Study(lab="lab3", name="sentiment-lora", question="Does LoRA match fine-tuning with ~1% of the parameters?",
+          trainable=sentiment.train, config_cls=sentiment.SentimentConfig, space=lab3_spaces.sentiment_lora,
+          profiles={"quick": Profile(base={**_TEXT_QUICK, "method": "lora"}, trials=4),
+                    "full": Profile(base={**_TEXT_FULL, "method": "lora", "lr": 5e-4}, trials=16,
+                                    datasets=_SENTIMENT_ASSETS)},
+          early_stopping=True, grace_period=2, gpus_per_trial=0.5,
+          compare=_by("lora_rank", "lora_targets", log_x=True),
           report_by=("lora_targets", "lora_rank"),
           report_metrics=("val_acc", "test_acc", "trainable_params", "trainable_fraction"),
           references="LoRA: ~82.7-84.4% test with ~1% of the parameters."),
-    Study("lab3", "clip-zeroshot", "How well does CLIP classify from prompts alone (single vs ensemble)?",
-          clip.train, clip.ClipConfig, lab3_spaces.clip_zeroshot,
-          {"quick": {**_CLIP_QUICK, "method": "zeroshot"}, "full": {**_CLIP_FULL, "method": "zeroshot"}},
-          {"quick": 2, "full": 2}, early_stopping=False, gpus_per_trial=0.5, compare=_by("prompt", None, metric="test_acc"),
+    Study(lab="lab3", name="clip-zeroshot",
+          question="How well does CLIP classify from prompts alone (single vs ensemble)?",
+          trainable=clip.train, config_cls=clip.ClipConfig, space=lab3_spaces.clip_zeroshot,
+          profiles={"quick": Profile(base={**_CLIP_QUICK, "method": "zeroshot"}, trials=2),
+                    "full": Profile(base={**_CLIP_FULL, "method": "zeroshot"}, trials=2,
+                                    datasets=("cifar10", f"hf-model:{CLIP_B16}", f"hf-model:{CLIP_B32}"))},
+          early_stopping=False, gpus_per_trial=0.5, compare=_by("prompt", None, metric="test_acc"),
           report_by=("prompt",),
           references="CLIP zero-shot (clip_benchmark protocol): ViT-B/32 CIFAR-10 89.8% / CIFAR-100 64.2%; ViT-B/16 "
-                     "90.8% / 67.0%; ViT-B/16 Tiny-ImageNet ~57-64%.",
-          datasets={"full": ("cifar10", f"hf-model:{CLIP_B16}", f"hf-model:{CLIP_B32}")}),
-    Study("lab3", "clip-lora", "Which tower, which rank: does LoRA raise CLIP's zero-shot head?", clip.train,
-          clip.ClipConfig, lab3_spaces.clip_lora,
-          {"quick": {**_CLIP_QUICK, "method": "lora"}, "full": {**_CLIP_FULL, "method": "lora"}},
-          {"quick": 4, "full": 16}, early_stopping=True, grace_period=3, gpus_per_trial=0.5,
-          compare=_by("lora_rank", "lora_towers", log_x=True), datasets={"full": ("cifar10", f"hf-model:{CLIP_B16}")},
+                     "90.8% / 67.0%; ViT-B/16 Tiny-ImageNet ~57-64%."),
+    Study(lab="lab3", name="clip-lora", question="Which tower, which rank: does LoRA raise CLIP's zero-shot head?",
+          trainable=clip.train, config_cls=clip.ClipConfig, space=lab3_spaces.clip_lora,
+          profiles={"quick": Profile(base={**_CLIP_QUICK, "method": "lora"}, trials=4),
+                    "full": Profile(base={**_CLIP_FULL, "method": "lora"}, trials=16,
+                                    datasets=("cifar10", f"hf-model:{CLIP_B16}"))},
+          early_stopping=True, grace_period=3, gpus_per_trial=0.5,
+          compare=_by("lora_rank", "lora_towers", log_x=True),
           report_by=("lora_towers", "lora_rank"),
           report_metrics=("test_acc_before", "test_acc", "test_acc_linear", "trainable_params"),
           references="ViT-B/16 Tiny-ImageNet ~57-64% zero-shot, ~66-77% after LoRA; CLIP-LoRA (Zanella & Ben Ayed "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from search_spaces import lab4 as spaces
 from trainables.lab4 import figures as lab4_figures, robustness
 
-from ..studies import Study
+from ..study import Profile, Study
 
 DIGITS_GRID = (0.0, 0.025, 0.05, 0.1, 0.2, 0.3)  # pixel units: 0, 6.4, 12.8, 25.5, 51, 76.5 /255
 
@@ -23,43 +23,47 @@ _FULL = {"dataset": "cifar10", "model": "resnet18", "epochs": 30, "batch_size": 
          "attack_steps": 50, "ae_width": 32, "ae_latent": 128, "ae_lr": 1e-3}
 
 STUDIES = [
-    Study("lab4", "ood", "Which score separates ID from OOD images best (MSP, max logit, energy, ODIN, autoencoder)?",
-          robustness.train, robustness.Lab4Config, spaces.ood,
-          {"quick": {**_QUICK, "task": "ood", "ood_set": "noise"},
-           "full": {**_FULL, "task": "ood", "ood_set": "cifar100"}},
-          {"quick": 6, "full": 20}, metric="val_auroc", early_stopping=False, gpus_per_trial=0.5,
-          compare=lab4_figures.ood_compare,
+    Study(lab="lab4", name="ood",
+          question="Which score separates ID from OOD images best (MSP, max logit, energy, ODIN, autoencoder)?",
+          trainable=robustness.train, config_cls=robustness.Lab4Config, space=spaces.ood,
+          profiles={"quick": Profile(base={**_QUICK, "task": "ood", "ood_set": "noise"}, trials=6),
+                    "full": Profile(base={**_FULL, "task": "ood", "ood_set": "cifar100"}, trials=20,
+                                    datasets=("cifar10", "cifar100", "svhn"))},
+          metric="val_auroc", early_stopping=False, gpus_per_trial=0.5, compare=lab4_figures.ood_compare,
           report_by=("temperature", "odin_eps"),
           report_metrics=("auroc/msp", "auroc/msp_t", "auroc/maxlogit", "auroc/energy", "auroc/odin", "auroc/ae",
                           "fpr95/msp", "fpr95/energy"),
           references="MSP AUROC on CIFAR-10 (WRN/ResNet-18) vs CIFAR-100 ~88%, vs SVHN ~92%; energy improves FPR95 by "
                      "~18 points over MSP; autoencoder reconstruction error is weak on natural images (can fall below "
-                     "50% vs SVHN) but ~0.94 vs FakeData noise.", datasets={"full": ("cifar10", "cifar100", "svhn")}),
-    Study("lab4", "fgsm", "How fast does accuracy fall with the FGSM eps; what L-inf budget does iterative FGSM need?",
-          robustness.train, robustness.Lab4Config, spaces.fgsm,
-          {"quick": {**_QUICK, "task": "fgsm", "width": 32}, "full": {**_FULL, "task": "fgsm"}},
-          {"quick": 4, "full": 6}, metric="val_acc", early_stopping=False, gpus_per_trial=0.5,
-          compare=lab4_figures.fgsm_compare,
+                     "50% vs SVHN) but ~0.94 vs FakeData noise."),
+    Study(lab="lab4", name="fgsm",
+          question="How fast does accuracy fall with the FGSM eps; what L-inf budget does iterative FGSM need?",
+          trainable=robustness.train, config_cls=robustness.Lab4Config, space=spaces.fgsm,
+          profiles={"quick": Profile(base={**_QUICK, "task": "fgsm", "width": 32}, trials=4),
+                    "full": Profile(base={**_FULL, "task": "fgsm"}, trials=6, datasets=("cifar10",))},
+          metric="val_acc", early_stopping=False, gpus_per_trial=0.5, compare=lab4_figures.fgsm_compare,
           report_by=("model", "epsilon"),
           report_metrics=("test_acc", "adv_acc", "success_rate", "iter_success_rate", "mean_linf_255"),
-          references="Accuracy vs eps (0/1/2/4/8/16 /255) of a CIFAR ResNet-20: 83.1 / 55.3 / 35.5 / 20.3 / 14.1 / 11.8%.", datasets={"full": ("cifar10",)}),
-    Study("lab4", "adv-train", "Does FGSM-RS adversarial training buy robustness; what does it do to OOD detection?",
-          robustness.train, robustness.Lab4Config, spaces.adv_train,
-          {"quick": {**_QUICK, "task": "adv-train", "ood_set": "noise", "epochs": 8},
-           "full": {**_FULL, "task": "adv-train", "ood_set": "cifar100", "epochs": 15, "mix": 1.0, "lr": 0.1}},
-          {"quick": 6, "full": 12}, metric="val_robust_acc", early_stopping=False, gpus_per_trial=0.5,
-          compare=lab4_figures.adv_train_compare,
+          references="Accuracy vs eps (0/1/2/4/8/16 /255) of a CIFAR ResNet-20: 83.1 / 55.3 / 35.5 / 20.3 / 14.1 / "
+                     "11.8%."),
+    Study(lab="lab4", name="adv-train",
+          question="Does FGSM-RS adversarial training buy robustness; what does it do to OOD detection?",
+          trainable=robustness.train, config_cls=robustness.Lab4Config, space=spaces.adv_train,
+          profiles={"quick": Profile(base={**_QUICK, "task": "adv-train", "ood_set": "noise", "epochs": 8}, trials=6),
+                    "full": Profile(base={**_FULL, "task": "adv-train", "ood_set": "cifar100", "epochs": 15,
+                                          "mix": 1.0, "lr": 0.1}, trials=12, datasets=("cifar10", "cifar100"))},
+          metric="val_robust_acc", early_stopping=False, gpus_per_trial=0.5, compare=lab4_figures.adv_train_compare,
           report_by=("epsilon", "mix"),
           report_metrics=("test_acc", "fgsm_acc", "pgd_acc", "auroc/msp", "auroc/energy", "catastrophic_overfit"),
           references="FGSM adversarial training with random init, eps 8/255, PreAct ResNet-18: 86.1% clean / 46.1% PGD "
-                     "in 12 minutes (Wong, Rice, Kolter 2020).", datasets={"full": ("cifar10", "cifar100")}),
-    Study("lab4", "targeted", "How large a budget does iterative targeted FGSM need, per target class?",
-          robustness.train, robustness.Lab4Config, spaces.targeted,
-          {"quick": {**_QUICK, "task": "targeted", "model": "mlp", "width": 64},
-           "full": {**_FULL, "task": "targeted"}},
-          {"quick": 6, "full": 10}, metric="val_acc", early_stopping=False, gpus_per_trial=0.5,
-          compare=lab4_figures.targeted_compare,
+                     "in 12 minutes (Wong, Rice, Kolter 2020)."),
+    Study(lab="lab4", name="targeted",
+          question="How large a budget does iterative targeted FGSM need, per target class?",
+          trainable=robustness.train, config_cls=robustness.Lab4Config, space=spaces.targeted,
+          profiles={"quick": Profile(base={**_QUICK, "task": "targeted", "model": "mlp", "width": 64}, trials=6),
+                    "full": Profile(base={**_FULL, "task": "targeted"}, trials=10, datasets=("cifar10",))},
+          metric="val_acc", early_stopping=False, gpus_per_trial=0.5, compare=lab4_figures.targeted_compare,
           report_by=("target", "epsilon"),
           report_metrics=("success_rate", "success_within_steps", "mean_linf", "test_acc"),
-          references="Targeted success at eps 0.025: ~13-37% depending on the target class.", datasets={"full": ("cifar10",)}),
+          references="Targeted success at eps 0.025: ~13-37% depending on the target class."),
 ]
