@@ -1,4 +1,4 @@
-"""MLflow logging cost: the orchestrator's tracker (orchestrator/tracking.py) per epoch, per trial and
+"""MLflow logging cost: the orchestrator's tracker (orchestrator/tracking/callback.py) per epoch, per trial and
 per study, against the trial time of the quick profile.
 
 One real quick-profile trial of Lab 1 `residual-cnn` (digits, CNN, gradient norms on: ~25 metrics
@@ -35,7 +35,7 @@ def one_trial(epochs: int, folder: Path) -> tuple[float, list[dict[str, float]],
     from trainables.context import LocalContext, write_checkpoint
 
     study = get_study(*STUDY)
-    cfg = from_dict(study.config_cls, {**study.profiles["quick"], "seed": 0, **SAMPLED,
+    cfg = from_dict(study.config_cls, {**study.base_config("quick"), "seed": 0, **SAMPLED,
                                        **({"epochs": epochs} if epochs else {})})
     ctx = LocalContext()
     start = time.perf_counter()
@@ -55,9 +55,10 @@ def log_study(uri: str, trials: int, history: list[dict[str, float]], checkpoint
     from orchestrator.studies import get_study
     from orchestrator.tracking import MlflowTracker, TrialView
     from trainables.config import from_dict
+    from trainables.context import FINAL_KEY
 
     study = get_study(*STUDY)
-    base = {**study.profiles["quick"], "seed": 0}
+    base = {**study.base_config("quick"), "seed": 0}
     t0 = time.perf_counter()
     tracker = MlflowTracker(uri, experiment=study.lab, run_name=f"{study.name} [bench]", tags={"study": study.name},
                             params={"profile": "quick"}, resolve=lambda c: from_dict(study.config_cls, {**base, **c}),
@@ -77,6 +78,8 @@ def log_study(uri: str, trials: int, history: list[dict[str, float]], checkpoint
         starts.append(timed(tracker.on_trial_start, trial))
         for e, metrics in enumerate(history, 1):
             result = {**metrics, "training_iteration": e, "time_this_iter_s": 0.1, "pid": 1, "done": e == len(history)}
+            if e == len(history):  # the trial ran to its end: the tracker logs its model.pt
+                result[FINAL_KEY] = 1
             trial.last_result = result
             epochs.append(timed(tracker.on_trial_result, trial, result))
         trial.checkpoint = tune.Checkpoint.from_directory(str(checkpoint))
@@ -98,12 +101,12 @@ def main(argv: Sequence[str] | None = None) -> Verdict:
 
     torch.set_num_threads(1)  # what a 1-CPU trial gets (Ray sets OMP_NUM_THREADS)
     study = get_study(*STUDY)
-    trials = 3 if args.quick else study.num_samples["quick"]
+    trials = 3 if args.quick else study.profiles["quick"].trials
     folder = Path(tempfile.mkdtemp(prefix="dla-bench-logging-"))
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    from mlflow.tracking import MlflowClient
+    from orchestrator.tracking import init_store
 
-    MlflowClient(uri).search_experiments()  # the store's one-off creation is not logging cost
+    init_store(uri)  # the store's one-off creation is not logging cost
     trial_s, held, work = [], [], []
     history: list[dict[str, float]] = []
     for r in range(repeats_of(args)):

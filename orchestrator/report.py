@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .ranking import best_of_groups, rank, trial_score
 from .studies import Study
 from .tracking import download_figures, log_report, read_invocation, read_repeats
 
@@ -37,49 +38,50 @@ def _key(run: dict, names: Sequence[str]) -> tuple:
 
 
 def _scored(study: Study, runs: list[dict]) -> list[dict]:
-    ok = [r for r in runs if study.metric in r["metrics"] and r["status"] == "FINISHED"]
-    return sorted(ok, key=lambda r: r["metrics"][study.metric], reverse=study.mode == "max")
+    """Finished runs that have the study's metric, best first (orchestrator.ranking: each trial's best
+    epoch, ties to the lowest trial id), as the tracker ranked them for the parent's tags and note."""
+    return rank([r for r in runs if r["status"] == "FINISHED"], study.metric, study.mode)
 
 
-def _sort_key(values: tuple) -> tuple:
-    """Numbers in numeric order (depth 2 before 16), then everything else as text."""
-    out = []
-    for v in values:
-        try:
-            out.append((0, float(v), ""))
-        except (TypeError, ValueError):
-            out.append((1, 0.0, str(v)))
-    return tuple(out)
+def _headers(study: Study) -> list[str]:
+    """The report metrics; the target is shown as its best epoch's value (`best <metric>`)."""
+    return [f"best {m}" if m == study.metric else m for m in study.report_metrics]
+
+
+def _values(study: Study, run: dict) -> list[str]:
+    def value(m: str) -> Any:
+        v = trial_score(run, m) if m == study.metric else run["metrics"].get(m)
+        return float("nan") if v is None else v
+
+    return [_fmt(value(m)) for m in study.report_metrics]
+
+
+def _name(run: dict) -> str:
+    """The run as the MLflow UI names it (the tracker names child runs by what they tried)."""
+    return str(run.get("name") or run["run_id"]).replace("|", "\\|")
 
 
 def comparison_table(study: Study, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     """One row per combination of `study.report_by` (its best finished trial), or the ten best trials."""
-    scored = _scored(study, runs)
     if study.report_by:
-        best: dict[tuple, dict] = {}
-        counts: dict[tuple, int] = defaultdict(int)
-        for r in scored:  # sorted best first: the first seen of a group is its best
-            k = _key(r, study.report_by)
-            counts[k] += 1
-            best.setdefault(k, r)
-        headers = [*study.report_by, "trials", *study.report_metrics]
-        rows = [[*map(_fmt, k), str(counts[k]), *(_fmt(best[k]["metrics"].get(m, float("nan")))
-                                                    for m in study.report_metrics)]
-                for k in sorted(best, key=_sort_key)]
+        groups = best_of_groups([r for r in runs if r["status"] == "FINISHED"], lambda r: _key(r, study.report_by),
+                                study.metric, study.mode)
+        headers = [*study.report_by, "trials", "best run", *_headers(study)]
+        rows = [[*map(_fmt, k), str(n), _name(r), *_values(study, r)] for k, r, n in groups]
         return headers, rows
+    scored = _scored(study, runs)
     names = sorted({n for r in scored for n in r["sampled"]})
-    headers = [*names, *study.report_metrics]
-    rows = [[*(_fmt(r["sampled"].get(n, "-")) for n in names), *(_fmt(r["metrics"].get(m, float("nan")))
-                                                                  for m in study.report_metrics)]
-            for r in scored[:10]]
+    headers = [*names, "run", *_headers(study)]
+    rows = [[*(_fmt(r["sampled"].get(n, "-")) for n in names), _name(r), *_values(study, r)] for r in scored[:10]]
     return headers, rows
 
 
 def best_configs(study: Study, runs: list[dict], k: int = 3) -> tuple[list[str], list[list[str]]]:
-    rows = [[str(i + 1), ", ".join(f"{n}={_fmt(v)}" for n, v in sorted(r["sampled"].items())),
-             *(_fmt(r["metrics"].get(m, float("nan"))) for m in study.report_metrics), r["run_id"][:12]]
+    """The k best trials: rank, run name, sampled config, metrics, full run id (as the UI shows them)."""
+    rows = [[str(i + 1), _name(r), ", ".join(f"{n}={_fmt(v)}" for n, v in sorted(r["sampled"].items())),
+             *_values(study, r), f"`{r['run_id']}`"]
             for i, r in enumerate(_scored(study, runs)[:k])]
-    return ["rank", "config", *study.report_metrics, "run"], rows
+    return ["rank", "run", "config", *_headers(study), "run id"], rows
 
 
 def repeats_table(study: Study, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -92,11 +94,12 @@ def repeats_table(study: Study, runs: list[dict]) -> tuple[list[str], list[list[
     for key, members in sorted(groups.items()):
         cells = []
         for m in study.report_metrics:
-            values = [r["metrics"][m] for r in members if m in r["metrics"]]
+            scores = [trial_score(r, m) if m == study.metric else r["metrics"].get(m) for r in members]
+            values = [v for v in scores if v is not None]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.fmean(values):.4f} ± {sd:.4f}" if values else "-")
         rows.append([", ".join(f"{k}={v}" for k, v in key) or "(fixed)", str(len(members)), *cells])
-    return ["config", "seeds", *(f"{m} (mean ± std)" for m in study.report_metrics)], rows
+    return ["config", "seeds", *(f"{m} (mean ± std)" for m in _headers(study))], rows
 
 
 def study_section(uri: str, study: Study, out: Path, parent_id: str | None = None) -> tuple[Section, str | None]:
@@ -111,16 +114,18 @@ def study_section(uri: str, study: Study, out: Path, parent_id: str | None = Non
     for r in runs:
         statuses[r["status"] if r["tags"].get("stopped_early") != "true" else "stopped early"] += 1
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(parent["start_time"] / 1000))
-    section.blocks.append(("p", f"Parent run `{parent['run_id']}` ({profile} profile, started {started}, "
+    section.blocks.append(("p", f"Parent run {_name(parent)} `{parent['run_id']}` ({profile} profile, started {started}, "
                                 f"git {parent['tags'].get('git_commit', '?')[:10]}): {len(runs)} trials — "
                                 + ", ".join(f"{n} {s.lower()}" for s, n in sorted(statuses.items())) +
-                                f". Target: {study.mode} `{study.metric}` (selection on validation; test once per finished trial)."))
+                                f". Target: {study.mode} `{study.metric}` at each trial's best epoch (selection on validation; "
+                                f"ties go to the lower trial id; test once per finished trial)."))
     section.blocks.append(("table", *comparison_table(study, runs)))
     section.blocks.append(("p", "Best configurations:"))
     section.blocks.append(("table", *best_configs(study, runs)))
     repeats = read_repeats(uri, study.lab, parent["run_id"])
     if repeats is not None:
-        section.blocks.append(("p", f"Re-run with several seeds (parent run `{repeats['parent']['run_id']}`):"))
+        section.blocks.append(("p", f"Re-run with several seeds (parent run {_name(repeats['parent'])} "
+                                    f"`{repeats['parent']['run_id']}`):"))
         section.blocks.append(("table", *repeats_table(study, repeats["children"])))
     if study.references:
         note = "" if profile == "full" else " (they apply to the full profile; this run used the quick one)"

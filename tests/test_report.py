@@ -1,10 +1,13 @@
 """Reports are built from MLflow and agree with it; seeded runs are reproducible."""
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import re
 
 import pytest
 
+from orchestrator.report import best_configs, comparison_table
 from orchestrator.studies import get_study
 from tests.conftest import mlflow_uri, run_cli, runs
 from trainables.context import LocalContext
@@ -20,6 +23,41 @@ def test_same_seed_same_metrics_on_cpu():
     c = LocalContext()
     train(Lab1Config(model="cnn", depth=1, width=8, epochs=2, crop_pad=1, seed=4), c)
     assert c.reports != a.reports
+
+
+def _record(trial_id: str, run_id: str, depth: int, val_acc: float, test_acc: float, status: str = "FINISHED",
+            best: float | None = None) -> dict:
+    """A child run as orchestrator.tracking.read_invocation returns it: `val_acc` is the last epoch's,
+    `best_val_acc` (when given) the trial's best epoch's, as the tracker logs them."""
+    metrics = {"val_acc": val_acc, "test_acc": test_acc, **({"best_val_acc": best} if best is not None else {})}
+    return {"run_id": run_id, "name": f"depth={depth} #{trial_id}", "status": status, "tags": {"trial_id": trial_id},
+            "params": {}, "sampled": {"depth": depth, "residual": True}, "metrics": metrics, "start_time": 0}
+
+
+RECORDS = [_record("t2", "aaa", 2, 0.8, 0.61), _record("t0", "ccc", 2, 0.8, 0.62),
+           _record("t1", "bbb", 4, 0.7, 0.5), _record("t3", "ddd", 2, float("nan"), 0.9),
+           _record("t4", "eee", 4, 0.99, 0.99, status="KILLED"), _record("t5", "fff", 8, 0.3, 0.2, best=0.85)]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(len(RECORDS))))[::97])
+def test_report_order_and_best_of_group_come_from_the_ranking(order):
+    """Finished runs only, NaN skipped, best first by each trial's best epoch (`best_val_acc`, else the
+    logged `val_acc`); a tie goes to the lower trial id (as the tracker's best_run_id does), whatever
+    order MLflow returned the runs in. Runs are named as the UI names them, with their full ids."""
+    runs = [RECORDS[i] for i in order]
+    study = get_study("lab1", "residual-mlp")
+    assert study.report_by == ("depth", "residual") and study.metric == "val_acc"
+    headers, rows = comparison_table(study, runs)
+    assert headers == ["depth", "residual", "trials", "best run", "best val_acc", "test_acc"]
+    assert rows == [["2", "True", "2", "depth=2 #t0", "0.8000", "0.6200"],
+                    ["4", "True", "1", "depth=4 #t1", "0.7000", "0.5000"],
+                    ["8", "True", "1", "depth=8 #t5", "0.8500", "0.2000"]]
+    headers, top = best_configs(study, runs)
+    assert headers == ["rank", "run", "config", "best val_acc", "test_acc", "run id"]
+    assert [(r[1], r[-1]) for r in top] == [("depth=8 #t5", "`fff`"), ("depth=2 #t0", "`ccc`"), ("depth=2 #t2", "`aaa`")]
+    flat = dataclasses.replace(study, report_by=(), mode="min")
+    _, rows = comparison_table(flat, runs)
+    assert [r[-2] for r in rows] == ["0.7000", "0.8000", "0.8000", "0.8500"] and rows[1][-1] == "0.6200"
 
 
 def _table(md: str, after: str) -> list[list[str]]:
@@ -46,7 +84,8 @@ def test_report_tables_match_the_mlflow_runs(ray_local, tmp_path, monkeypatch):
     assert "data:image/png;base64," in html and "residual-mlp" in html
 
     df = runs(tmp_path, "lab1")
-    search_parent = df[(df["tags.study"] == "residual-mlp") & (df["tags.kind"].isna())].run_id.iloc[0]
+    parents = df[df["tags.mlflow.parentRunId"].isna()]  # children carry the study's tags too
+    search_parent = parents[(parents["tags.study"] == "residual-mlp") & (parents["tags.kind"].isna())].run_id.iloc[0]
     children = df[df["tags.mlflow.parentRunId"] == search_parent]
     study = get_study("lab1", "residual-mlp")
     table = _table(md, "## lab1/residual-mlp")
@@ -54,9 +93,14 @@ def test_report_tables_match_the_mlflow_runs(ray_local, tmp_path, monkeypatch):
     # Every row's metrics are those of a real run; the best row is the best run.
     val = [float(r[-2]) for r in table]
     test = [float(r[-1]) for r in table]
-    pairs = {(round(v, 4), round(t, 4)) for v, t in zip(children["metrics.val_acc"], children["metrics.test_acc"])}
+    # The target column is each trial's best epoch, as on the parent run and in MLflow's best_val_acc.
+    pairs = {(round(v, 4), round(t, 4)) for v, t in zip(children["metrics.best_val_acc"], children["metrics.test_acc"])}
     assert {(v, t) for v, t in zip(val, test)} <= pairs
-    assert max(val) == round(children["metrics.val_acc"].max(), 4)
+    assert max(val) == round(children["metrics.best_val_acc"].max(), 4)
+    parent = df[df.run_id == search_parent].iloc[0]
+    assert round(parent["metrics.best_val_acc"], 4) == max(val)
+    best_row = _table(md, "Best configurations")[0]
+    assert best_row[1] == parent["tags.best_run_name"] and best_row[-1] == f"`{parent['tags.best_run_id']}`"
     # mean ± std over the two seeds of the repeated best config
     repeats = df[df["tags.repeats_of"] == search_parent]
     assert len(repeats) == 1
@@ -68,6 +112,10 @@ def test_report_tables_match_the_mlflow_runs(ray_local, tmp_path, monkeypatch):
                          & (rep_children["params.residual"] == config["residual"])]
     assert len(group) == 2 and int(row[1]) == 2
     assert abs(float(re.match(r"([\d.]+) ±", row[-1]).group(1)) - group["metrics.test_acc"].mean()) < 1e-3
+    assert abs(float(re.match(r"([\d.]+) ±", row[-2]).group(1)) - group["metrics.best_val_acc"].mean()) < 1e-3
+    # The search's parent run says the same in its description (with --repeats: mean ± std).
+    note = parent["tags.mlflow.note.content"]
+    assert "Repeated with several seeds" in note and f"{group['metrics.best_val_acc'].mean():.4f} ±" in note
     # The report is also an artifact of the study's parent run.
     import mlflow
 
