@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .study import Study
 
@@ -17,6 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 class UsageError(Exception):
     """Bad input: printed as one line, exit code 2."""
+
+
+# The exit codes of `run.py LAB ...` (README, "Exit codes").
+EXIT_OK = 0            # every trial of every study finished
+EXIT_USAGE = 2         # bad input: nothing ran, nothing was written
+EXIT_FAILED = 3        # some trials (or a whole study) did not finish; the other studies ran, the report is written
+EXIT_INTERRUPTED = 130  # Ctrl-C: every open run ended KILLED; `--resume` continues
 
 
 @dataclass(frozen=True)
@@ -44,10 +51,10 @@ class RunOptions:
     seed: int                             # seeds the TPE sampler and every trial
     ray_address: str | None               # cluster to join; None: RAY_ADDRESS, a cluster here, else local
     offline: bool                         # never download
-    max_failures: int                     # retries of a failed trial from its checkpoint
+    max_failures: int                     # retries of a failed trial from its checkpoint; -1: unlimited
     repeats: int                          # K seeds per best configuration after the search; 0: none
     report_dir: Path | None               # --report-dir; None: reports/LAB-TIMESTAMP when the report is written
-    resume: Mapping[str, str] | None      # study key -> Tune experiment to resume (--resume); None: new studies
+    resume: str | None = None             # the invocation record to continue (--resume, orchestrator.invocation)
     quiet: bool                           # no Tune progress table
 
 

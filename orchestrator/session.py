@@ -1,23 +1,38 @@
-"""Runs planned studies one after another on a Ray connection, each logged to MLflow; resumes a
-study whose driver died (`--resume`). Everything it needs comes in a `RunOptions` (orchestrator.options)."""
+"""Runs planned studies one after another on a Ray connection, each logged to MLflow, and says how
+each ended; resumes an invocation whose driver died (`--resume`): the study it was in, then the
+studies that never started, `--repeats` included. Everything it needs comes in a `RunOptions`
+(orchestrator.options); the invocation's progress is recorded in storage (orchestrator.invocation).
+
+Exit codes (README, "Exit codes"): 0 when every trial of every study finished; 3 when some trials
+(or a whole study) did not: each such study ends with one line `k of N trials failed (first error:
+...; details: <error file>)`, the other studies still run and the report is written; 130 on Ctrl-C.
+"""
 from __future__ import annotations
 
+import json
+import logging
 import os
 import pickle
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.search import Searcher
 
+from . import invocation
 from .execution import TrialSpec
-from .options import REPO, Planned, RunOptions, UsageError, report_dir
+from .invocation import Invocation, Outcome, Progress, filesystem
+from .options import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, REPO, Planned, RunOptions, UsageError, report_dir
 from .provenance import git_commit
 from .ranking import rank
+from .recovery import CheckpointLedger, ResumingTracker
 from .sources import resolve_source
 from .studies import Study, get_study
 from .tracking import Lookup, MlflowTracker, default_uri, ensure_server, find_parent, stop_server
@@ -28,39 +43,69 @@ STATE_FILE = "dla_study.pkl"  # beside Tune's own state: what --resume needs to 
 
 @dataclass(frozen=True)
 class StudyState:
+    """One Tune experiment of a study (its search, or its --repeats), saved before it starts."""
+
     spec: TrialSpec
     opts: TuneOptions
     profile: str
-
-
-def _filesystem(storage: str) -> tuple[pafs.FileSystem, str]:
-    """Storage is a local folder or a URI (s3://, gs://, ...): pyarrow reaches both, as Tune does."""
-    if "://" in storage:
-        return pafs.FileSystem.from_uri(storage)
-    return pafs.LocalFileSystem(), str(Path(storage).resolve())
+    # The parent run to create when the driver died before it existed, and (--repeats) the points
+    # re-run. Added later: a state pickled before reads these class-level defaults.
+    run_name: str = ""
+    tags: Mapping[str, str] | None = None
+    params: Mapping[str, Any] | None = None
+    points: tuple[dict[str, Any], ...] | None = None
 
 
 def save_state(storage: str, name: str, state: StudyState) -> None:
-    fs, root = _filesystem(storage)
+    fs, root = filesystem(storage)
     fs.create_dir(f"{root}/{name}", recursive=True)
     with fs.open_output_stream(f"{root}/{name}/{STATE_FILE}") as f:
         f.write(pickle.dumps(state))
 
 
 def load_state(experiment: str) -> StudyState:
-    fs, path = _filesystem(experiment)
+    fs, path = filesystem(experiment)
     with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
         return pickle.loads(f.read())
 
 
-def latest_experiment(storage: str, study: Study) -> str | None:
-    """The newest Tune experiment of `study` under storage (its path or URI), if any."""
-    fs, root = _filesystem(storage)
-    prefix = f"{study.lab}-{study.name}-"
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix)
-                   and fs.get_file_info(f"{i.path}/{STATE_FILE}").type == pafs.FileType.File)
-    return f"{storage.rstrip('/')}/{names[-1]}" if names else None
+def _restorable(experiment: str) -> bool:
+    """Tune can restore the experiment: its tuner.pkl and a readable experiment state are on storage.
+    A state file torn by a kill mid-copy is set aside, so that Tune takes the previous one."""
+    fs, path = filesystem(experiment)
+    if fs.get_file_info(f"{path}/tuner.pkl").type != pafs.FileType.File:
+        return False
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    states = sorted((i.path for i in infos if i.base_name.startswith("experiment_state-")
+                     and i.base_name.endswith(".json")), reverse=True)
+    for state in states:
+        try:
+            with fs.open_input_stream(state) as f:
+                json.loads(f.read())
+            return True
+        except (OSError, ValueError):
+            fs.move(state, f"{state}.torn")
+    return False
+
+
+# ------------------------------------------------------------------------------ console
+class TrialErrorsOffConsole(logging.Filter):
+    """Tune logs every failed attempt of a trial with its whole traceback ("Trial task failed for
+    trial ...", ray.tune.execution.tune_controller) and lists the failed trials at the end ("Trials
+    did not complete", ray.tune.tune). The tracebacks are in each trial's error.txt and, as an
+    artifact, in its MLflow run; the console gets one line per study (Outcome.line)."""
+
+    DROPPED = ("Trial task failed for trial", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.DROPPED)
+
+
+def keep_trial_errors_off_console() -> None:
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, TrialErrorsOffConsole) for f in logger.filters):
+            logger.addFilter(TrialErrorsOffConsole())
 
 
 def _describe_best(tracker: MlflowTracker, metric: str) -> str:
@@ -76,9 +121,79 @@ def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------ failures
+def _location(fs: pafs.FileSystem, path: str) -> str:
+    return path if fs.type_name == "local" else f"{fs.type_name}://{path}"
+
+
+def _error_line(fs: pafs.FileSystem, error_file: str, error: BaseException) -> str:
+    """The failed trial's error as one line: the last line of its traceback (the exception)."""
+    try:
+        with fs.open_input_stream(error_file) as f:
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+        if lines:
+            return _one_line(lines[-1])
+    except OSError:
+        pass
+    cause = getattr(error, "cause", None) or error
+    return _one_line(f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}")
+
+
+def _failures(key: str, grid: Any, ledger: CheckpointLedger, tracker: MlflowTracker) -> Outcome:
+    """k of N: the trials of the experiment that ended in error, the first one's error and file.
+    Each traceback also goes to its trial's MLflow run (artifact `errors/error.txt`)."""
+    results = list(grid)
+    failed = [r for r in results if r.error is not None]
+    outcome = Outcome(key, trials=len(results), failed=len(failed))
+    if not failed:
+        return outcome
+    first = failed[0]
+    error_file = f"{first.path.rstrip('/')}/error.txt"
+    outcome.details = _location(first.filesystem, error_file)
+    outcome.first_error = _error_line(first.filesystem, error_file, first.error)
+    by_path = {path.rstrip("/"): trial_id for trial_id, path in ledger.failed.items()}
+    for r in failed:
+        run_id = tracker.runs.get(by_path.get(r.path.rstrip("/"), ""))
+        if run_id:
+            _log_error_file(tracker, run_id, r.filesystem, f"{r.path.rstrip('/')}/error.txt")
+    return outcome
+
+
+def _log_error_file(tracker: MlflowTracker, run_id: str, fs: pafs.FileSystem, error_file: str) -> None:
+    """The trial's traceback as an artifact of its run. Through the tracker's MLflow client: the
+    tracker (orchestrator/tracking) does not log error files itself yet."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="dla-error-") as tmp, fs.open_input_stream(error_file) as f:
+            local = Path(tmp) / "error.txt"
+            local.write_bytes(f.read())
+            tracker.client.log_artifact(run_id, str(local), "errors")
+    except Exception as e:  # the traceback is in the error file anyway
+        logging.getLogger(__name__).warning("could not log %s to run %s: %s", error_file, run_id, e)
+
+
+def _crashed(study: Study, error: BaseException, record: Invocation) -> Outcome:
+    """A study the driver could not run to its end (an error outside the trials): the traceback goes
+    to a file beside the invocation's record, the console gets one line."""
+    fs, path = filesystem(record.path)
+    details = f"{path.rpartition('.')[0]}-{study.name}-error.txt"
+    try:
+        with fs.open_output_stream(details) as f:
+            f.write("".join(traceback.format_exception(error)).encode())
+    except Exception:
+        details = "(could not be written)"
+    return Outcome(study.key, crashed=_one_line(f"{type(error).__name__}: {error}"), details=_location(fs, details))
+
+
+# ------------------------------------------------------------------------------ Tune experiments
 class FixedPoints(Searcher):
     """Suggests the given configs in order, then says it is finished (Tune's BasicVariantGenerator
-    wants every key in a param space; these configs are complete already)."""
+    wants every key in a param space; these configs are complete already). Saves what is left, so
+    that a restored --repeats experiment does not suggest a point twice."""
 
     def __init__(self, points: list[dict[str, Any]], metric: str, mode: str) -> None:
         super().__init__(metric=metric, mode=mode)
@@ -90,6 +205,14 @@ class FixedPoints(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass
 
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.points, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.points = pickle.load(f)
+
 
 def repeat_points(study: Study, rows: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
     """The best sampled config of each `study.report_by` group (or the best overall), once per seed."""
@@ -99,52 +222,79 @@ def repeat_points(study: Study, rows: list[dict[str, Any]], seeds: list[int]) ->
     return [{**params, "seed": seed} for params in chosen.values() for seed in seeds]
 
 
-def run_repeats(study: Study, spec: TrialSpec, opts: TuneOptions, parent: MlflowTracker, k: int,
-                callbacks: Sequence[Any] = ()) -> bool:
-    """Re-runs the search's best configurations with k seeds, as a second invocation (tag
-    repeats_of = the search's parent run); the report shows mean ± std."""
-    points = repeat_points(study, parent.rows(), [opts.seed + i for i in range(k)])
-    if not points:
-        return True
-    tracker = MlflowTracker(parent.uri, experiment=study.lab, run_name=f"{study.name} [repeats x{k}]",
-                            tags={"lab": study.lab, "study": study.name, "kind": "repeats",
-                                  "repeats_of": parent.parent_id}, params={"repeats": k, "configs": len(points) // k},
-                            resolve=spec.resolve, compare=None, metric=study.metric, mode=study.mode)
-    print(f"== {study.key}: {len(points)} repeat trials ({len(points) // k} configs x {k} seeds)", flush=True)
-    tuner = study_tuner(spec, opts, [tracker, *callbacks], f"{opts.name}-repeats", num_samples=len(points),
-                        search_alg=FixedPoints(points, study.metric, study.mode),
-                        max_concurrent_trials=opts.max_concurrent)
-    return _fit(study, tracker, tuner)
+def _tracker(study: Study, state: StudyState, experiment: str, uri: str, *, resuming: bool,
+             restoring: bool) -> MlflowTracker:
+    """The experiment's tracker: resuming, it reopens the parent run an earlier driver created for
+    the experiment (tag tune_experiment), if any; else it creates the parent."""
+    cls = ResumingTracker if restoring else MlflowTracker
+    common = dict(resolve=state.spec.resolve, compare=None if state.points is not None else study.compare,
+                  metric=study.metric, mode=study.mode)
+    parent = find_parent(uri, study.lab, experiment) if resuming else None
+    if parent is not None:
+        return cls(uri, experiment=study.lab, run_name="", tags={}, params={}, reopen=parent, **common)
+    tags = dict(state.tags or {"lab": study.lab, "study": study.name, "profile": state.profile})
+    return cls(uri, experiment=study.lab, run_name=state.run_name or f"{study.name} [{state.profile}]",
+               tags={**tags, "tune_experiment": experiment}, params=dict(state.params or {}), **common)
 
 
-def _fit(study: Study, tracker: MlflowTracker, tuner: tune.Tuner) -> bool:
-    """Runs the tuner; every MLflow run is ended whatever happens. False when interrupted."""
-    interrupted = False
+def _run_experiment(study: Study, state: StudyState, experiment: str, uri: str, callbacks: Sequence[Any],
+                    *, resuming: bool) -> tuple[Outcome, MlflowTracker]:
+    """Runs one Tune experiment of the study: a new one, or (resuming) the restored one, repaired
+    (orchestrator.recovery). A resumed experiment that never got as far as Tune's first state on
+    storage starts over in its folder."""
+    restoring = resuming and _restorable(experiment)
+    tracker = _tracker(study, state, experiment, uri, resuming=resuming, restoring=restoring)
+    ledger = CheckpointLedger(tracker if restoring else None, managed=not state.spec.uses_ray_train)
+    tune_callbacks = [ledger, tracker, *callbacks]
+    spec, opts = state.spec, state.opts
+    label = f"{study.key}{' repeats' if state.points is not None else ''}"
+    if restoring:
+        print(f"== {label}: resuming {experiment}; MLflow parent run {tracker.parent_id}", flush=True)
+        tuner = tune.Tuner.restore(experiment, trainable=make_trainable(spec, opts), resume_errored=True)
+        # tuner.pkl holds the dead driver's callbacks; the tracker must be this process's.
+        tuner._local_tuner.get_run_config().callbacks = tune_callbacks
+    elif state.points is not None:
+        points = list(state.points)
+        print(f"== {label}: {len(points)} repeat trials; MLflow parent run {tracker.parent_id}", flush=True)
+        tuner = study_tuner(spec, opts, tune_callbacks, opts.name, num_samples=len(points),
+                            search_alg=FixedPoints(points, study.metric, study.mode),
+                            max_concurrent_trials=opts.max_concurrent)
+    else:
+        print(f"== {label} ({state.profile}): {opts.num_samples} trials; MLflow parent run {tracker.parent_id}",
+              flush=True)
+        tuner = build_tuner(study, spec, opts, tune_callbacks, epochs=getattr(spec.resolve({}), "epochs", 1))
+    return _fit(label, study, tracker, tuner, ledger), tracker
+
+
+def _fit(label: str, study: Study, tracker: MlflowTracker, tuner: tune.Tuner, ledger: CheckpointLedger) -> Outcome:
+    """Runs the tuner; every MLflow run is ended whatever happens."""
+    interrupted, grid = False, None
     try:
-        tuner.fit()  # Tune turns a first Ctrl-C into a graceful stop; a second one raises here
+        grid = tuner.fit()  # Tune turns a first Ctrl-C into a graceful stop; a second one raises here
     except KeyboardInterrupt:
         interrupted = True
     finally:
         tracker.close(interrupted=interrupted)
     interrupted = interrupted or bool(tracker.killed)
-    print(f"== {study.key}: {_describe_best(tracker, study.metric)}{' (INTERRUPTED)' if interrupted else ''}",
-          flush=True)
-    return not interrupted
+    print(f"== {label}: {_describe_best(tracker, study.metric)}{' (INTERRUPTED)' if interrupted else ''}", flush=True)
+    if interrupted or grid is None:
+        return Outcome(label, interrupted=True)
+    outcome = _failures(label, grid, ledger, tracker)
+    if outcome.failed:
+        print(f"== {outcome.line()}", flush=True)
+    return outcome
 
 
-def start_study(p: Planned, opts: RunOptions, *, ray_mode: str, gpus: float, callbacks: Sequence[Any] = ()) -> bool:
+# ------------------------------------------------------------------------------ one study
+def _new_search(p: Planned, opts: RunOptions, record: Invocation, progress: Progress, *, ray_mode: str,
+                gpus: float, callbacks: Sequence[Any]) -> tuple[Outcome, MlflowTracker]:
     study, storage = p.study, opts.storage
     name = f"{study.lab}-{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    exp_dir = f"{storage.rstrip('/')}/{name}"
+    experiment = f"{storage.rstrip('/')}/{name}"
     # Inputs a study prepares (a source model) go where trials can read them: the storage folder
     # (shared on a cluster); with a URI storage, the launch folder (single-node use only).
-    inputs = Path(exp_dir) / "inputs" if "://" not in storage else opts.launch / "inputs" / name
-    base = p.base
-    if study.source is not None:
-        try:
-            base = resolve_source(study, dict(base), Lookup(opts.mlflow_uri, inputs))
-        except (ValueError, FileNotFoundError) as e:
-            raise UsageError(f"{study.key}: {e}") from None
+    inputs = Path(experiment) / "inputs" if "://" not in storage else opts.launch / "inputs" / name
+    base = resolve_source(study, dict(p.base), Lookup(opts.mlflow_uri, inputs)) if study.source else p.base
     spec = TrialSpec(lab=study.lab, study=study.name, base=base, pins=p.pins, data_dir=str(opts.data_dir),
                      workers=opts.workers_per_trial, backend=p.run_keys.get("train_backend", "auto"),
                      cpus_per_worker=opts.cpus_per_trial, gpus_per_worker=gpus, storage=storage,
@@ -153,41 +303,61 @@ def start_study(p: Planned, opts: RunOptions, *, ray_mode: str, gpus: float, cal
     tune_opts = TuneOptions(num_samples=num_samples, max_concurrent=opts.max_concurrent, seed=opts.seed,
                             storage=storage, name=name, cpus_per_trial=opts.cpus_per_trial, gpus_per_trial=gpus,
                             verbose=0 if opts.quiet else 1)
-    save_state(storage, name, StudyState(spec, tune_opts, opts.profile))
     tags = {"lab": study.lab, "study": study.name, "profile": opts.profile, "git_commit": git_commit(REPO),
-            "ray": ray_mode, "tune_experiment": exp_dir}
+            "ray": ray_mode, "tune_experiment": experiment}
     params = {"study": study.key, "profile": opts.profile, "num_samples": num_samples,
               "max_concurrent": opts.max_concurrent, "workers_per_trial": opts.workers_per_trial,
               "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": gpus, "train_backend": spec.backend,
               "seed": opts.seed, "pinned": ",".join(sorted(p.pins)) or "-"}
-    tracker = MlflowTracker(opts.mlflow_uri, experiment=study.lab, run_name=f"{study.name} [{opts.profile}]",
-                            tags=tags, params=params, resolve=spec.resolve, compare=study.compare,
-                            metric=study.metric, mode=study.mode)
-    print(f"== {study.key} ({opts.profile}): {num_samples} trials; MLflow parent run {tracker.parent_id}", flush=True)
-    tuner = build_tuner(study, spec, tune_opts, [tracker, *callbacks], epochs=getattr(spec.resolve({}), "epochs", 1))
-    if not _fit(study, tracker, tuner):
-        return False
-    return run_repeats(study, spec, tune_opts, tracker, opts.repeats, callbacks) if opts.repeats else True
+    state = StudyState(spec, tune_opts, opts.profile, f"{study.name} [{opts.profile}]", tags, params)
+    save_state(storage, name, state)
+    progress.experiment = experiment
+    record.save()  # before the parent run exists: a driver killed from here on is resumed in this experiment
+    return _run_experiment(study, state, experiment, opts.mlflow_uri, callbacks, resuming=False)
 
 
-def resume_study(exp_dir: str, *, uri: str, callbacks: Sequence[Any] = ()) -> bool:
-    """Restores the Tune experiment (trials, searcher state) and goes on with a fresh tracker that
-    reopens the invocation's parent run. Settings come from the saved study state, not the CLI."""
-    state = load_state(exp_dir)
-    spec, opts = state.spec, state.opts
-    study = get_study(spec.lab, spec.study)
-    parent = find_parent(uri, study.lab, str(exp_dir))
-    tracker = MlflowTracker(uri, experiment=study.lab, run_name="", tags={}, params={}, resolve=spec.resolve,
-                            compare=study.compare, metric=study.metric, mode=study.mode, reopen=parent) if parent \
-        else MlflowTracker(uri, experiment=study.lab, run_name=f"{study.name} [{state.profile}] (resumed)",
-                           tags={"lab": study.lab, "study": study.name, "profile": state.profile,
-                                 "tune_experiment": str(exp_dir)}, params={}, resolve=spec.resolve,
-                           compare=study.compare, metric=study.metric, mode=study.mode)
-    tuner = tune.Tuner.restore(str(exp_dir), trainable=make_trainable(spec, opts), resume_errored=True)
-    # tuner.pkl holds the dead driver's callbacks; the tracker must be this process's.
-    tuner._local_tuner.get_run_config().callbacks = [tracker, *callbacks]
-    print(f"== {study.key}: resuming {exp_dir}; MLflow parent run {tracker.parent_id}", flush=True)
-    return _fit(study, tracker, tuner)
+def _new_repeats(study: Study, search: str, parent: MlflowTracker, k: int, record: Invocation, progress: Progress,
+                 uri: str, callbacks: Sequence[Any]) -> Outcome:
+    """Re-runs the search's best configurations with k seeds, as a second invocation (tag
+    repeats_of = the search's parent run); the report shows mean ± std."""
+    state = load_state(search)
+    points = repeat_points(study, parent.rows(), [state.opts.seed + i for i in range(k)])
+    if not points:
+        return Outcome(f"{study.key} repeats")
+    name = f"{state.opts.name}-repeats"
+    experiment = f"{state.opts.storage.rstrip('/')}/{name}"
+    tags = {"lab": study.lab, "study": study.name, "kind": "repeats", "repeats_of": parent.parent_id,
+            "tune_experiment": experiment}
+    repeats = replace(state, opts=replace(state.opts, name=name), run_name=f"{study.name} [repeats x{k}]", tags=tags,
+                      params={"repeats": k, "configs": len(points) // k}, points=tuple(points))
+    save_state(state.opts.storage, name, repeats)
+    progress.repeats = experiment
+    record.save()
+    return _run_experiment(study, repeats, experiment, uri, callbacks, resuming=False)[0]
+
+
+def _study(p: Planned, opts: RunOptions, record: Invocation, progress: Progress, *, ray_mode: str, gpus: float,
+           callbacks: Sequence[Any]) -> Outcome:
+    """The study's search, then its --repeats: each started, or resumed where the record says it got to."""
+    study, uri = p.study, opts.mlflow_uri
+    if progress.repeats and progress.searched is not None and progress.searched.ok:
+        search, tracker = progress.searched, None  # only the repeats are left
+    else:
+        if progress.experiment:
+            state = load_state(progress.experiment)
+            search, tracker = _run_experiment(study, state, progress.experiment, uri, callbacks, resuming=True)
+        else:
+            search, tracker = _new_search(p, opts, record, progress, ray_mode=ray_mode, gpus=gpus, callbacks=callbacks)
+        if search.interrupted or not opts.repeats:
+            return search
+        progress.searched = search
+        record.save()
+    if progress.repeats:
+        state = load_state(progress.repeats)
+        repeats = _run_experiment(study, state, progress.repeats, uri, callbacks, resuming=True)[0]
+    else:
+        repeats = _new_repeats(study, progress.experiment, tracker, opts.repeats, record, progress, uri, callbacks)
+    return search + repeats
 
 
 def check_fits(opts: RunOptions, resources: dict[str, float]) -> None:
@@ -205,33 +375,60 @@ def check_fits(opts: RunOptions, resources: dict[str, float]) -> None:
 
 
 def run_planned(planned: list[Planned], opts: RunOptions, *, callbacks: Sequence[Any] = ()) -> int:
-    """Runs (or, with `opts.resume`, resumes) the planned studies in turn, then writes the report.
-    `callbacks`: extra Tune callbacks given to every study's tuner (e.g. a benchmark's stopwatch).
-    Returns the exit code: 0, or 130 when a study was interrupted."""
+    """Runs the planned studies in turn (with `opts.resume`: goes on with that invocation), then
+    writes the report. A study that fails does not stop the others. `callbacks`: extra Tune
+    callbacks given to every study's tuner (e.g. a benchmark's stopwatch). Returns the exit code."""
     # Experiment state is saved after every result; with sub-second epochs Tune warns about it each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    uri = opts.mlflow_uri
+    keep_trial_errors_off_console()
+    if opts.quiet:
+        # Tune's default output engine prints every failed attempt of a trial (with a path in Ray's
+        # temporary folder) whatever the verbosity; its legacy engine prints nothing at verbose=0.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    uri, lab = opts.mlflow_uri, planned[0].study.lab
     server = ensure_server(uri, opts.launch)
+    outcomes: list[Outcome] = []
     try:
         ray_mode = connect_ray(opts.ray_address)
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         check_fits(opts, ray.cluster_resources())
+        if opts.resume is not None:
+            record = invocation.load(opts.resume)
+        else:
+            record = invocation.create(opts.storage, lab, [(p.study.name, p.base, p.pins, p.run_keys) for p in planned],
+                                       opts)
+            record.save()
         for p in planned:
-            if opts.resume is not None:
-                ok = resume_study(opts.resume[p.study.key], uri=uri, callbacks=callbacks)
-            else:
-                gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else (
-                    p.study.gpus_per_trial if has_gpu else 0.0)
-                ok = start_study(p, opts, ray_mode=ray_mode, gpus=gpus, callbacks=callbacks)
-            if not ok:
-                return 130
+            progress = record.progress.setdefault(p.study.name, Progress())
+            if progress.done is not None and progress.done.ok:
+                print(f"== {p.study.key}: finished before, every trial; not run again", flush=True)
+                outcomes.append(progress.done)
+                continue
+            gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else (
+                p.study.gpus_per_trial if has_gpu else 0.0)
+            try:
+                outcome = _study(p, opts, record, progress, ray_mode=ray_mode, gpus=gpus, callbacks=callbacks)
+            except Exception as e:  # one study's failure must not cost the others (KeyboardInterrupt passes)
+                outcome = _crashed(p.study, e, record)
+                print(f"== {outcome.line()}", flush=True)
+            if outcome.interrupted:
+                return EXIT_INTERRUPTED
+            outcomes.append(outcome)
+            progress.done = outcome
+            record.save()
         from .report import build_report
 
-        path = build_report(uri, planned[0].study.lab, [p.study for p in planned],
-                            report_dir(opts.report_dir, planned[0].study.lab))
+        path = build_report(uri, lab, [p.study for p in planned], report_dir(opts.report_dir, lab))
+        record.report = str(path)
+        record.save()
     finally:
         stop_server(server)
     shown = default_uri(opts.launch) if server is not None else uri
     print(f"MLflow: {uri}  (open it with: mlflow ui --backend-store-uri {shown})")
     print(f"report: {path}")
-    return 0
+    unfinished = [o for o in outcomes if not o.ok]
+    if unfinished:
+        print(f"run.py: {len(unfinished)} of {len(outcomes)} studies did not finish every trial: "
+              f"{', '.join(o.study for o in unfinished)}; `--resume` retries them", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK

@@ -23,7 +23,14 @@ class Profile:
 
     base: Mapping[str, Any]                        # the config values (fields of the study's config_cls)
     trials: int                                    # default number of trials (`--num-samples`)
-    datasets: tuple[str, ...] = ()                 # datasets/assets it needs in --data-dir (prefetched)
+    datasets: tuple[str, ...] = ()                 # assets `run.py prefetch` fetches into --data-dir (pre-flight
+                                                   # checks what each resolved config reads: orchestrator.preflight)
+    # A base value the study's space also samples is a choice the space would override. Each such key
+    # is declared: `pinned` keeps the base value (the space's suggestion is replaced, as `--set` pins);
+    # `searched` lets the space choose (the base value is only the default outside a search, e.g.
+    # in-process). tests/test_space_overrides.py checks that every overlap is declared.
+    pinned: tuple[str, ...] = ()
+    searched: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +74,11 @@ class Study:
             raise ValueError(f"study {self.key}: profiles must be {PROFILES}, got {tuple(self.profiles)}")
         if self.mode not in ("max", "min"):
             raise ValueError(f"study {self.key}: mode must be 'max' or 'min', got {self.mode!r}")
+        for name, profile in self.profiles.items():
+            declared = set(profile.pinned) | set(profile.searched)
+            if not declared <= set(profile.base) or set(profile.pinned) & set(profile.searched):
+                raise ValueError(f"study {self.key}, profile {name}: pinned and searched must be distinct keys "
+                                 f"of its base, got pinned={profile.pinned}, searched={profile.searched}")
 
     @property
     def key(self) -> str:

@@ -23,7 +23,8 @@ def ood(trial: optuna.Trial) -> None:
 
 def fgsm(trial: optuna.Trial) -> None:
     """Architecture of the attacked classifier and the headline eps (single-step success rate,
-    iterative success within that budget); the whole accuracy-vs-eps grid is measured every trial."""
+    iterative success within that budget); the whole accuracy-vs-eps grid is measured every trial.
+    The full profile pins `model` to its ResNet-18 (Profile.pinned): there only eps is searched."""
     trial.suggest_categorical("model", ["mlp", "cnn"])
     trial.suggest_float("epsilon", 1 / 255, 0.3, log=True)
 

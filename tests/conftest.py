@@ -60,3 +60,14 @@ def child_runs(tmp_path: Path, experiment: str) -> Any:
     """The trial runs (children of a study's parent run) of an experiment, as a DataFrame."""
     df = runs(tmp_path, experiment)
     return df[df["tags.mlflow.parentRunId"].notna()]
+
+
+@pytest.fixture(scope="session")
+def full_fixtures(tmp_path_factory) -> Path:
+    """Every dataset and model the full profile reads, in its real on-disk format, 4 images per class
+    (tests/fixture_data.py); built once per session (test_full_profile, test_smoke)."""
+    from tests import fixture_data
+
+    d = tmp_path_factory.mktemp("full-profile-data")
+    fixture_data.build(d, images_per_class=4)
+    return d

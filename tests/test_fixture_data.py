@@ -54,6 +54,19 @@ def test_only_the_md5_check_is_bypassed(data_dir, tmp_path):
     assert cifar.check_integrity is original and not has_dataset("cifar10", data_dir)
 
 
+def test_svhn_is_there_only_with_both_of_its_files(data_dir, tmp_path):
+    """The loader reads train_32x32.mat too (raw_splits, Lab 4's OOD set): the test file alone is not SVHN."""
+    import shutil
+
+    shutil.copy(data_dir / "test_32x32.mat", tmp_path)
+    with fx.skip_md5():
+        assert not has_dataset("svhn", tmp_path)
+        shutil.copy(data_dir / "train_32x32.mat", tmp_path)
+        assert has_dataset("svhn", tmp_path)
+        (tmp_path / "test_32x32.mat").unlink()
+        assert not has_dataset("svhn", tmp_path)
+
+
 def test_images_are_learnable_from_a_few_per_class(data_dir):
     """Nearest class mean on raw pixels: the class templates carry the label (chance is 10%)."""
     with fx.skip_md5():

@@ -308,11 +308,9 @@ def test_a_hub_download_broken_half_way_leaves_nothing_half_written(source, web,
     assert leftovers(dst) == []
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "openai/clip-vit-base-patch16 and -patch32 hold pytorch_model.bin (+ TF/Flax) but no model.safetensors on "
-    "main, and trainables.hub.PATTERNS leaves *.bin out: prefetch fetches config and tokenizer only, has_asset "
-    "still says yes, and CLIPModel.from_pretrained fails in the trial"))
 def test_a_clip_repository_as_the_hub_holds_it_prefetches_loadable_weights(source, hub, tmp_path):
+    """openai/clip-vit-base-patch16 and -patch32 hold pytorch_model.bin (+ TF/Flax) but no
+    model.safetensors on main: prefetch fetches the .bin there (and only there), and the weights load."""
     from safetensors.torch import load_file
 
     from trainables.data import download_dataset
@@ -320,9 +318,46 @@ def test_a_clip_repository_as_the_hub_holds_it_prefetches_loadable_weights(sourc
 
     commit, files = hub.repos["model", "openai/clip-vit-base-patch16"]
     weights = io.BytesIO()
-    torch.save(load_file(local_snapshot(fx.CLIP_B16, source) / "model.safetensors"), weights)
+    saved = load_file(local_snapshot(fx.CLIP_B16, source) / "model.safetensors")
+    torch.save(saved, weights)
     real = {k: v for k, v in files.items() if k != "model.safetensors"} | {"pytorch_model.bin": weights.getvalue()}
     hub.repos["model", "openai/clip-vit-base-patch16"] = (commit, real)
     download_dataset(fx.CLIP_B16, tmp_path)
     assert has_dataset(fx.CLIP_B16, tmp_path)
-    load_clip("openai/clip-vit-base-patch16", tmp_path)
+    got = sorted(p.name for p in local_snapshot(fx.CLIP_B16, tmp_path).iterdir())
+    assert "pytorch_model.bin" in got and not {"tf_model.h5", "flax_model.msgpack", ".gitattributes"} & set(got)
+    clip, _ = load_clip("openai/clip-vit-base-patch16", tmp_path)
+    name = "vision_model.embeddings.patch_embedding.weight"
+    assert torch.equal(clip.state_dict()[name], saved[name])  # the checkpoint's weights, not a random init
+
+
+def test_a_snapshot_without_weights_is_missing(source, tmp_path):
+    """Configs and a tokenizer are not a model: has_asset says no, and the loader says why in one line."""
+    from trainables.data import DataMissing
+    from trainables.hub import has_asset
+
+    fx.build(tmp_path, only={fx.CLIP_B32})
+    assert has_asset(fx.CLIP_B32, tmp_path)
+    (local_snapshot(fx.CLIP_B32, tmp_path) / "model.safetensors").unlink()
+    assert not has_asset(fx.CLIP_B32, tmp_path)
+    with pytest.raises(DataMissing, match="no weights file"):
+        local_snapshot(fx.CLIP_B32, tmp_path)
+
+
+def test_a_failed_hub_download_leaves_no_folder_behind(hub, tmp_path, capsys):
+    """Nothing of a download that failed stays: not the data folder it created, not an empty hub cache."""
+    from orchestrator.cli import main
+
+    hub.repos.pop(("model", "openai/clip-vit-base-patch16"))  # the Hub says: no such repository
+    dst = tmp_path / "data"
+    assert main(["lab3", "--study", "clip-lora", "--profile", "full", "--data-dir", str(dst), "--set",
+                 "dataset=shapes", "--storage", str(tmp_path / "rr"), "--mlflow-uri",
+                 f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 2
+    assert "could not download hf-model:openai/clip-vit-base-patch16" in error_line(capsys)
+    assert not dst.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+    dst.mkdir()
+    with pytest.raises(Exception, match="could not download"):
+        from trainables.hub import download_asset
+
+        download_asset(fx.CLIP_B16, dst)
+    assert list(dst.iterdir()) == []  # the data folder was there: kept, and nothing in it

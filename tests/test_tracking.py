@@ -328,7 +328,7 @@ def test_the_ui_shows_named_children_results_first_and_a_described_parent(tmp_pa
     assert parent.data.tags["best_run_id"] == runs["t1"].info.run_id
     assert parent.data.tags["best_run_name"] == "depth=16 residual lr=2.0e-3"
     assert [runs[t].data.metrics["study_rank"] for t in ("t1", "t2", "t0")] == [1, 2, 3]
-    note = parent.data.tags["mlflow.note.content"]
+    note = parent.data.tags["mlflow.note.content"].replace("&nbsp;", "")  # cells are padded for the UI
     assert note.startswith("**Do residual connections keep deep MLPs trainable?**")
     assert f"Best of 3 trials: [depth=16 residual lr=2.0e-3](#/experiments/{tracker.experiment_id}/runs/" \
            f"{runs['t1'].info.run_id}?workflowType=machine_learning)" in note
@@ -369,7 +369,7 @@ def test_repeats_put_mean_and_std_into_the_search_description(tmp_path):
     assert {client.get_run(r).info.run_name for r in repeats.runs.values()} == {"depth=2 residual seed=0",
                                                                                 "depth=2 residual seed=1"}
     for run_id in (search.parent_id, repeats.parent_id):
-        note = client.get_run(run_id).data.tags["mlflow.note.content"]
+        note = client.get_run(run_id).data.tags["mlflow.note.content"].replace("&nbsp;", "")
         assert "**Repeated with several seeds**" in note
         assert "| depth=2 residual | 2 | 0.8500 ± 0.0707 | 0.7000 ± 0.0707 |" in note  # best val_acc, test_acc
     assert client.get_run(search.parent_id).data.tags["mlflow.note.content"].count("Repeated with several seeds") == 1
@@ -393,3 +393,33 @@ def test_a_tracker_pickled_before_the_ui_attributes_existed_still_logs(tmp_path,
     assert MlflowTracker.names == {} and MlflowTracker.booked == {}  # the class defaults stayed empty
     assert client.get_run(copy.parent_id).data.tags["best_run_id"] == copy.runs["t0"]
     tracker.close()
+
+
+def test_a_resumed_invocation_keeps_names_ranks_adopted_trials_and_rewrites_its_description(tmp_path):
+    """--resume after the driver died: the new tracker reopens the parent, adopts the finished trial
+    (its logged best counts), and the interrupted trial's new run is named after the old one."""
+    dead = MlflowTracker(mlflow_uri(tmp_path), "lab1", "residual-mlp [quick]", tags=TAGS, params={},
+                         resolve=functools.partial(from_dict, Lab1Config), flush_s=0.0)
+    _epochs(TrialView("t0", {"depth": 2, "residual": True}), dead, [0.4, 0.9, 0.8])
+    running = TrialView("t1", {"depth": 8, "residual": False})
+    dead.on_trial_start(0, [], running)
+    dead.on_trial_result(0, [], running, {"epoch": 1, "val_acc": 0.3, "lr": 0.01, "grad_norm/00": 1.0})
+    dead.drain()
+    dead.flush()  # the driver dies here: nothing is closed
+
+    resumed = MlflowTracker(mlflow_uri(tmp_path), "lab1", "", tags={}, params={}, reopen=dead.parent_id,
+                            resolve=functools.partial(from_dict, Lab1Config), flush_s=0.0)
+    _epochs(TrialView("t1", {"depth": 8, "residual": False}), resumed, [0.3, 0.95])
+    resumed.close()
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    new = client.get_run(resumed.runs["t1"])
+    assert new.info.run_name == "depth=8 plain (resumed)" and new.data.tags["resumed_from"] == dead.runs["t1"]
+    assert new.data.tags["study"] == "residual-mlp" and new.data.metrics["best_val_acc"] == 0.95
+    assert client.get_run(dead.runs["t1"]).info.status == "KILLED"
+    parent = client.get_run(dead.parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["best_run_id"] == resumed.runs["t1"]
+    assert client.get_run(resumed.runs["t0"]).data.metrics["study_rank"] == 2  # adopted: its best 0.9 counts
+    note = parent.data.tags["mlflow.note.content"]
+    assert "Best of 2 trials: [depth=8 plain (resumed)]" in note and "Do residual connections" in note
+    dead.jobs.put(None)  # the dead driver's writer thread, without ending anything
+    dead.writer.join()

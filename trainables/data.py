@@ -101,6 +101,8 @@ def _torchvision_arrays(name: str, root: Path, train: bool, download: bool) -> t
 
 
 def has_dataset(name: str, data_dir: Path | None) -> bool:
+    """Whether `name` is in data_dir as the loaders read it: every file of both splits (raw_splits
+    reads both, Lab 4's OOD sets included), with torchvision's own integrity check."""
     if ":" in name:  # "hf-model:..." / "hf-dataset:...": Hugging Face assets (trainables/hub.py)
         from .hub import has_asset
 
@@ -109,11 +111,16 @@ def has_dataset(name: str, data_dir: Path | None) -> bool:
         return True
     if data_dir is None:
         return False
-    try:
+    try:  # opening the test split checks every file of MNIST and CIFAR; SVHN checks only that split's
         _torchvision_arrays(name, data_dir, train=False, download=False)
-        return True
     except DataMissing:
         return False
+    if name == "svhn":  # the train split's file too, without loading its 73k images here
+        from torchvision.datasets import SVHN, utils
+
+        _, filename, md5 = SVHN.split_list["train"]
+        return utils.check_integrity(str(Path(data_dir) / filename), md5)
+    return True
 
 
 def download_dataset(name: str, data_dir: Path) -> None:
@@ -168,10 +175,12 @@ def _select_classes(x: np.ndarray, y: np.ndarray, classes: tuple[int, ...]) -> t
 
 
 def load_image_data(name: str, data_dir: Path | None, device: torch.device, *, val_fraction: float = 0.1,
-                    seed: int = 0, classes: tuple[int, ...] = (), max_train: int = 0) -> ImageData:
+                    seed: int = 0, classes: tuple[int, ...] = (), max_train: int = 0,
+                    max_val_test: int = 0) -> ImageData:
     """Train/val/test splits on `device`. Validation is held out of the training set (seeded); datasets
     without an official test split (digits, synthetic) hold out a test split the same way.
-    `classes` keeps those labels only (relabelled 0..k-1); `max_train` caps the training set."""
+    `classes` keeps those labels only (relabelled 0..k-1); `max_train` caps the training set,
+    `max_val_test` the validation and the test set (each a fixed subset: the same in every trial)."""
     (x, y), test = raw_splits(name, data_dir)
     if classes:
         x, y = _select_classes(x, y, classes)
@@ -188,6 +197,10 @@ def load_image_data(name: str, data_dir: Path | None, device: torch.device, *, v
     val_idx, train_idx = order[:n_val], order[n_val:]
     if max_train:
         train_idx = train_idx[:max_train]
+    if max_val_test:
+        val_idx = val_idx[:max_val_test]
+        pick = np.random.default_rng(54321).permutation(len(test[1]))[:max_val_test]  # a file's order may be by class
+        test = (test[0][np.sort(pick)], test[1][np.sort(pick)])
 
     def put(xs: np.ndarray, ys: np.ndarray) -> Split:
         return Split(torch.from_numpy(np.ascontiguousarray(xs)).to(device), torch.from_numpy(ys).to(device))

@@ -9,6 +9,8 @@ step (`download_asset`), into a temporary folder that is moved into place when c
 """
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +21,11 @@ KINDS = {"hf-model": "model", "hf-dataset": "dataset"}
 # Only what PyTorch loading needs: no TF/Flax/ONNX weights, no pickled .bin when safetensors exist.
 PATTERNS = {"model": ["*.json", "*.safetensors", "*.txt", "*.model", "merges.txt", "vocab.*"],
             "dataset": ["*.json", "*.md", "*.parquet", "*.arrow", "*.csv", "*.txt"]}
+# A repository with no safetensors holds PyTorch's pickled weights (sharded or not; the index is a
+# .json): the openai/clip-vit-* repositories on main, for one. These are fetched instead.
+PYTORCH_BIN = ["pytorch_model*.bin"]
+# What a complete snapshot must hold besides its configs: the weights, or the data files.
+CONTENT = {"model": ["*.safetensors", *PYTORCH_BIN], "dataset": ["*.parquet", "*.arrow", "*.csv", "*.txt"]}
 
 
 def parse(name: str) -> tuple[str, str]:
@@ -46,11 +53,21 @@ def local_snapshot(name: str, data_dir: Path | None) -> Path:
     if data_dir is None:
         raise DataMissing(f"{name} needs a data folder (--data-dir)")
     try:
-        return Path(snapshot_download(repo, repo_type=kind, cache_dir=hub_cache(data_dir), local_files_only=True,
-                                      allow_patterns=PATTERNS[kind]))
+        snapshot = Path(snapshot_download(repo, repo_type=kind, cache_dir=hub_cache(data_dir), local_files_only=True,
+                                          allow_patterns=PATTERNS[kind]))
     except Exception:
         raise DataMissing(f"{name} not found in {hub_cache(data_dir)}; run `run.py prefetch lab3 --data-dir "
                           f"{data_dir}` where there is network") from None
+    if not _matching(snapshot, CONTENT[kind]):  # configs and a tokenizer, but no weights (or no data)
+        raise DataMissing(f"{name} in {hub_cache(data_dir)} has no {'weights' if kind == 'model' else 'data'} file "
+                          f"({', '.join(CONTENT[kind])}); run `run.py prefetch lab3 --data-dir {data_dir}` again "
+                          f"where there is network")
+    return snapshot
+
+
+def _matching(folder: Path, patterns: list[str]) -> list[str]:
+    """Names of the files under `folder` (a snapshot, or a repository folder) matching a pattern."""
+    return [p.name for p in folder.rglob("*") if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
 
 
 def has_asset(name: str, data_dir: Path | None) -> bool:
@@ -70,19 +87,40 @@ def download_asset(name: str, data_dir: Path) -> None:
     if has_asset(name, data_dir):
         return
     cache = hub_cache(data_dir)
+    created = [d for d in (cache, cache.parent, Path(data_dir)) if not d.exists()]  # deepest first
     cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-        try:
-            snapshot_download(repo, repo_type=kind, cache_dir=tmp, allow_patterns=PATTERNS[kind])
-        except Exception as e:  # no network, unknown repo, gated repo, disk full ...
-            message = " ".join(str(e).split())[:200]
-            raise DataMissing(f"could not download {name} into {cache}: {type(e).__name__}: {message}") from None
-        folder = repo_folder(kind, repo)
-        target = cache / folder
-        if target.exists():  # an older or incomplete copy: replaced whole
-            shutil.rmtree(target)
-        # Snapshots link to ../../blobs relatively, so the repository folder moves as one piece.
-        shutil.move(str(Path(tmp) / folder), target)
+    try:
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
+            try:
+                snapshot_download(repo, repo_type=kind, cache_dir=tmp, allow_patterns=_patterns(kind, repo))
+            except Exception as e:  # no network, unknown repo, gated repo, disk full ...
+                message = " ".join(str(e).split())[:200]
+                raise DataMissing(f"could not download {name} into {cache}: {type(e).__name__}: {message}") from None
+            folder = repo_folder(kind, repo)
+            if not _matching(Path(tmp) / folder, CONTENT[kind]):
+                raise DataMissing(f"could not download {name} into {cache}: the repository has no "
+                                  f"{'PyTorch weights' if kind == 'model' else 'data files'} ({', '.join(CONTENT[kind])})")
+            target = cache / folder
+            if target.exists():  # an older or incomplete copy: replaced whole
+                shutil.rmtree(target)
+            # Snapshots link to ../../blobs relatively, so the repository folder moves as one piece.
+            shutil.move(str(Path(tmp) / folder), target)
+    except BaseException:  # the folders this download created go with it (a later has_asset sees nothing)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: never anything that was there
+        raise
+
+
+def _patterns(kind: str, repo: str) -> list[str]:
+    """PATTERNS, plus the pickled PyTorch weights of a model repository that has no safetensors."""
+    if kind != "model":
+        return PATTERNS[kind]
+    from huggingface_hub import HfApi
+
+    files = [s.rfilename for s in HfApi().repo_info(repo, repo_type=kind, revision="main").siblings or ()]
+    has_safetensors = any(fnmatch.fnmatch(f, "*.safetensors") for f in files)
+    return PATTERNS[kind] if has_safetensors else PATTERNS[kind] + PYTORCH_BIN
 
 
 def load_hf_dataset(name: str, data_dir: Path | None):

@@ -29,6 +29,7 @@ class TrainingRecipe(Config):
     dataset: Dataset = "digits"
     classes: tuple[int, ...] = bounded((), ge=0)     # keep only these labels (relabelled 0..k-1); () = all
     max_train: int = bounded(0, ge=0)                # cap on training images (0 = all)
+    max_val_test: int = bounded(0, ge=0)             # cap on validation images and on test images, each (0 = all)
     val_fraction: float = bounded(0.1, gt=0, lt=0.5)  # of the training set, held out for selection
     # steps and optimizer
     epochs: int = bounded(10, ge=1)
@@ -71,4 +72,4 @@ def recipe_field(name: str, default: Any) -> Any:
 def load_data(cfg: TrainingRecipe, ctx: Context) -> ImageData:
     """The recipe's data on the context's device: its classes, capped, with its validation split."""
     return load_image_data(cfg.dataset, ctx.data_dir, ctx.device, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                           classes=cfg.classes, max_train=cfg.max_train)
+                           classes=cfg.classes, max_train=cfg.max_train, max_val_test=cfg.max_val_test)

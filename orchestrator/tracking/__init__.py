@@ -8,6 +8,9 @@ One module per role:
   (`ensure_server`, `stop_server`).
 - `readback`: a finished study read back for its report (`read_invocation`, `read_repeats`,
   `download_figures`, `log_report`).
+- What the UI shows, for the callback: `naming` (child runs named by what they tried), `results`
+  (logged metric names, bookkeeping tags, a trial's best and final values), `notes` (the parent's and
+  children's descriptions, the comparison table, the saved view of a study's trials, UI links).
 
 `orchestrator.tracking.MlflowTracker` must stay importable from here: Tune pickles its callbacks into
 `tuner.pkl` by class path, and files written before this was a package name that path.

@@ -46,7 +46,7 @@ from .naming import run_name
 from .results import RENAMED, best_so_far, bookkeeping, finals, grad_table, summary, to_log
 
 if TYPE_CHECKING:
-    from ..studies import Study
+    from ..study import Study
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ MAX_NOTE = 7900  # characters: MLflow's limit for a tag value (the note is one) 
 # 3.17's UI does not read it yet (see notes.py): the links this package prints carry the choice.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 CHILD_TAGS = ("lab", "study", "profile", "git_commit")  # copied from the parent onto every child
+# One value per trial (the test split, evaluated once with the final result; the final values; the
+# rank) is logged at step 0: MLflow's charts draw such a metric as bars, one per run, side by side.
+ONCE = ("test_",)
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -162,6 +165,8 @@ class MlflowTracker(tune.Callback):
         for name in self._FRESH:
             if name not in self.__dict__:
                 setattr(self, name, {})
+        if "study_text" not in state:  # an older pickle: at least the target is the tracker's own
+            self.study_text = notes.StudyText(metric=self.metric, mode=self.mode)
         self._start_writer()
 
     def _start_writer(self) -> None:
@@ -205,6 +210,7 @@ class MlflowTracker(tune.Callback):
         self.parent_id = parent_id
         parent = self.client.get_run(parent_id)
         self.parent_name, self.repeats_of = parent.info.run_name or "", parent.data.tags.get("repeats_of", "")
+        self.started_ms = parent.info.start_time or self.started_ms  # the saved view keeps its name and date
         self.child_tags = {k: parent.data.tags[k] for k in CHILD_TAGS if k in parent.data.tags}
         self.client.update_run(parent_id, status="RUNNING")
         children = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'",
@@ -289,7 +295,7 @@ class MlflowTracker(tune.Callback):
     def _trial_result(self, trial: Any, result: dict) -> None:
         """The trial's history keeps the result as reported (figures and comparisons read it); MLflow
         gets it under the names of `results`, bookkeeping as tags."""
-        metrics = {k: float(v) for k, v in result.items()
+        metrics = {k: v if isinstance(v, int) else float(v) for k, v in result.items()  # ints stay ints: "epoch 3"
                    if k not in SKIPPED_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(float(v))}
         run_id = self.runs[trial.trial_id]
@@ -303,7 +309,9 @@ class MlflowTracker(tune.Callback):
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
         logged = {**best_so_far(history, self.metric, self.mode), **dict(sorted(to_log(metrics).items()))}
-        self.pending.setdefault(run_id, []).extend(Metric(k, v, now, step) for k, v in logged.items())
+        final = bool(result.get(FINAL_KEY))
+        self.pending.setdefault(run_id, []).extend(
+            Metric(k, v, now, 0 if final and k.startswith(ONCE) else step) for k, v in logged.items())
 
     def _trial_completed(self, trial: Any) -> None:
         self.flush()
@@ -442,15 +450,14 @@ class MlflowTracker(tune.Callback):
             self.client.log_batch(run_id, params=params[i:i + 100])
 
     def _log_results(self, run_id: str, history: list[dict[str, float]]) -> dict[str, float]:
-        """The trial's final values (`results.finals`; its best was logged with every epoch) at its
-        last step, and the per-layer gradient norms as a table. Returns the trial's summary with its
+        """The trial's final values (`results.finals`; its best was logged with every epoch) at step
+        0 (see ONCE), and the per-layer gradient norms as a table. Returns the trial's summary with its
         last test values."""
         if not history:
             return {}
-        step = int(history[-1].get("epoch", len(history)))
         now = int(time.time() * 1000)
         if last := finals(history):
-            self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in last.items()])
+            self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in last.items()])
         if (table := grad_table(history)) is not None:
             self._log_table(run_id, table, "tables/grad_norms.json")
         return {**{k: v for k, v in history[-1].items() if k.startswith("test_")},

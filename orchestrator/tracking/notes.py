@@ -30,6 +30,7 @@ VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow 3.17 UI: saved views of an
 RANK_METRIC = "study_rank"                    # 1 = the study's best trial (orchestrator.ranking)
 REPEATS_MARK = "\n\n---\n\n<!-- repeats -->\n"  # where a --repeats invocation's section starts in the search's note
 TOP = 10                                       # rows of a table without groups
+PAD = "&nbsp;&nbsp;"  # after every table cell: the UI draws Markdown tables without cell padding
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,12 @@ def markdown_table(headers: Sequence[str], table: Sequence[Mapping[str, Any]], e
         return _md(format_value(v, 3) if i < split and v is not None else fmt(v))
 
     align = ["---" if i <= split else "--:" for i in range(len(headers))]
-    lines = ["| " + " | ".join(_md(h) for h in headers) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(cell(i, h, r) for i, h in enumerate(headers)) + " |" for r in table]
-    return lines
+    return [_row(_md(h) for h in headers), "|" + "|".join(align) + "|",
+            *(_row(cell(i, h, r) for i, h in enumerate(headers)) for r in table)]
+
+
+def _row(cells: Any) -> str:
+    return "| " + " | ".join(f"{c}{PAD}" for c in cells) + " |"
 
 
 def table_columns(headers: Sequence[str], table: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
@@ -198,10 +202,10 @@ def repeats_section(study: StudyText, experiment_id: str, repeats_parent: str, r
     metrics = [best_key(study.metric), *other_metrics(study, rows)]
     heads = ["config", "seeds", *(f"{m} (mean ± std)" for m in metrics)]
     lines = [f"**Repeated with several seeds** ([the repeat runs]({run_link(experiment_id, repeats_parent)})):", "",
-             "| " + " | ".join(heads) + " |", "|---|--:|" + "--:|" * len(metrics)]
+             _row(heads), "|---|--:|" + "--:|" * len(metrics)]
     for g in groups:
         cells = [f"{g[m][0]:.4f} ± {g[m][1]:.4f}" if g[m] else "-" for m in metrics]
-        lines.append("| " + " | ".join([_md(g["config"]), str(g["seeds"]), *cells]) + " |")
+        lines.append(_row([_md(g["config"]), str(g["seeds"]), *cells]))
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,283 @@
+"""Chaos, in the style of Ray's release tests: faults at seeded random moments, then the invariants.
+
+- Driver chaos: one study's driver (a `run.py` process) is SIGKILLed at K seeded random moments,
+  some during start-up (before or after the invocation record, the MLflow parent, Tune's first
+  state), some during training (just after a checkpoint appeared); each time the study is resumed.
+  Then: exactly N finished child runs, each trial once, none RUNNING, the parent FINISHED, every
+  epoch exactly once in every finished trial's metric history, and trials that continued across a
+  kill did so from a checkpoint.
+- Trial and node chaos: on a simulated 3-node cluster (ray.cluster_utils.Cluster) a killer wakes
+  every few seconds and, with probability P, SIGKILLs a random trial process or removes the worker
+  node a random trial runs on (a new node joins in its place); at most MAX_KILLS times. With
+  unlimited retries every trial reaches its last epoch, and every killed trial resumed from a
+  checkpoint, not from epoch 1.
+
+Epochs take ~1-2 s on a 2-core machine (depth 4, batch 16 on digits); every wait polls with a
+generous deadline.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from ray import tune
+
+from tests.conftest import mlflow_uri, runs
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+SLOW_EPOCHS = ["depth=4", "batch_size=16"]  # ~1-2 s per epoch of residual-mlp on the quick profile
+
+
+def _restores_from_checkpoints(storage: Path) -> list[tuple[str, int]]:
+    """(trial folder, iteration) of every result that was the first after a restore from a
+    checkpoint (Tune counts `iterations_since_restore` from 1 again; `training_iteration` goes on)."""
+    found = []
+    for result in storage.glob("*/run_trial_*/result.json"):
+        for line in result.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if r.get("iterations_since_restore") == 1 and r.get("training_iteration", 0) > 1:
+                found.append((result.parent.name, r["training_iteration"]))
+    return found
+
+
+def _assert_each_epoch_once(tmp_path: Path, finished, epochs: int) -> None:
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    for run_id in finished.run_id:
+        for key in ("val_acc", "train_loss"):
+            steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+            assert steps == list(range(1, epochs + 1)), (run_id, key, steps)
+
+
+# ------------------------------------------------------------------------------ driver chaos
+TRIALS, EPOCHS, KILLS = 3, 12, 5
+
+
+def _driver(tmp_path: Path, log: str, *args: str) -> subprocess.Popen:
+    # Output to a file: an unread pipe would fill up and block the driver. An explicit --mlflow-uri:
+    # an earlier in-process test may have left MLFLOW_TRACKING_URI set.
+    return subprocess.Popen([sys.executable, str(REPO / "orchestrator" / "run.py"), "lab1", "--study", "residual-mlp",
+                             "--quiet", "--mlflow-uri", mlflow_uri(tmp_path), "--storage", str(tmp_path / "ray_results"),
+                             *args], cwd=tmp_path, stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT, text=True)
+
+
+def _checkpoints(storage: Path) -> set[Path]:
+    return set(storage.glob("*/run_trial_*/checkpoint_*"))
+
+
+def test_a_study_survives_its_driver_killed_at_random_moments(tmp_path):
+    rng = random.Random(15)
+    storage = tmp_path / "ray_results"
+    study = ["--num-samples", str(TRIALS), "--max-concurrent", "2", "--set", f"epochs={EPOCHS}", *SLOW_EPOCHS]
+    kinds = ["start-up"] * 2 + ["training"] * (KILLS - 2)
+    rng.shuffle(kinds)
+    kills: list[str] = []
+    for i, kind in enumerate(kinds):
+        resume = any((storage / "dla_runs").glob("*.pkl"))  # killed before its record: start it again
+        driver = _driver(tmp_path, f"driver{i}.log", *(["--resume"] if resume else study))
+        started, seen = time.monotonic(), _checkpoints(storage)
+        delay = rng.uniform(1, 20) if kind == "start-up" else rng.uniform(0, 4)
+        try:
+            deadline = time.monotonic() + 420
+            if kind == "training":  # wait for a checkpoint this driver's trials wrote, then a moment more
+                while time.monotonic() < deadline and driver.poll() is None and not _checkpoints(storage) - seen:
+                    time.sleep(0.2)
+                started = time.monotonic()
+            while time.monotonic() < min(deadline, started + delay) and driver.poll() is None:
+                time.sleep(0.1)
+            assert driver.poll() is None, f"driver {i} ended before its kill: " + \
+                (tmp_path / f"driver{i}.log").read_text()[-3000:]
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(timeout=60)
+            kills.append(f"{kind} +{delay:.1f}s")
+        finally:
+            driver.kill()
+    last = _driver(tmp_path, "last.log", *(["--resume"] if any((storage / "dla_runs").glob("*.pkl")) else study))
+    try:
+        last.wait(timeout=900)
+    finally:
+        last.kill()
+    assert last.returncode == 0, (kills, (tmp_path / "last.log").read_text()[-4000:])
+    assert len(kills) >= 5
+
+    df = runs(tmp_path, "lab1")
+    assert "RUNNING" not in set(df.status), kills
+    parents = df[df["tags.mlflow.parentRunId"].isna()]
+    assert len(parents) == 1 and parents.status.iloc[0] == "FINISHED"
+    children = df[df["tags.mlflow.parentRunId"].notna()]
+    finished = children[children.status == "FINISHED"]
+    assert len(finished) == TRIALS and finished["tags.trial_id"].is_unique, kills   # every trial, each once
+    assert (finished["tags.status"] == "finished").all()
+    _assert_each_epoch_once(tmp_path, finished, EPOCHS)
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    for run_id in finished.run_id:
+        assert "checkpoint/model.pt" in {a.path for a in client.list_artifacts(run_id, "checkpoint")}
+    # Trials went on across kills, from checkpoints (Tune's own record of each trial's results).
+    assert finished["tags.resumed_from"].notna().any(), kills
+    assert _restores_from_checkpoints(storage), kills
+
+
+# ------------------------------------------------------------------------------ trial and node chaos
+CLUSTER_TRIALS, CLUSTER_EPOCHS, MAX_KILLS, P = 4, 10, 6, 0.6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _add_worker(c):
+    # Each node's dashboard agent gets its own port (see tests/test_multinode.py). The killer thread
+    # adds replacement nodes: Ray's node start-up installs a SIGTERM handler, which Python allows in
+    # the main thread only, so off it that step is skipped (the test's process is not a node).
+    from unittest import mock
+
+    import ray._private.utils
+
+    patch = mock.patch.object(ray._private.utils, "set_sigterm_handler") \
+        if threading.current_thread() is not threading.main_thread() else contextlib.nullcontext()
+    with patch:
+        return c.add_node(num_cpus=2, object_store_memory=200 * 2**20, dashboard_agent_listen_port=_free_port())
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 * 2**20,
+                                                      "dashboard_port": _free_port(),
+                                                      "dashboard_agent_listen_port": _free_port()})
+    for _ in range(2):
+        _add_worker(c)
+    ray.init(address=c.address, log_to_driver=False)
+    c.wait_for_nodes()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+class Spy(tune.Callback):
+    """The driver's view the killer picks its victims from: each running trial's process, node and
+    iteration, whether Tune has registered a checkpoint of it, and every restart (its iteration)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: dict[str, dict] = {}                 # trial id -> pid, node, iteration
+        self.saved: set[str] = set()                       # trials with a registered checkpoint
+        self.restarts: list[tuple[str, int, bool, float]] = []  # (trial, iteration, had a checkpoint, when)
+        self.last: dict[str, int] = {}                     # trial id -> its last iteration when it completed
+
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks into tuner.pkl
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        with self.lock:
+            self.running[trial.trial_id] = {"pid": result["pid"], "node": result.get("node_id"),
+                                            "iteration": result["training_iteration"]}
+            if result.get("iterations_since_restore") == 1:
+                self.restarts.append((trial.trial_id, result["training_iteration"], trial.trial_id in self.saved,
+                                      time.time()))
+
+    def on_trial_save(self, iteration, trials, trial, **info):  # after Tune registered the checkpoint
+        with self.lock:
+            self.saved.add(trial.trial_id)
+
+    def _gone(self, trial):
+        with self.lock:
+            self.running.pop(trial.trial_id, None)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._gone(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._gone(trial)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._gone(trial)
+        self.last[trial.trial_id] = int((trial.last_result or {}).get("training_iteration", 0))
+
+
+def _killer(c, spy: Spy, stop: threading.Event, rng: random.Random, kills: list) -> None:
+    while not stop.wait(rng.uniform(2.0, 4.0)) and len(kills) < MAX_KILLS:
+        if rng.random() >= P:
+            continue
+        with spy.lock:  # a trial that has a checkpoint and is not about to finish
+            victims = {t: dict(i) for t, i in spy.running.items()
+                       if t in spy.saved and i["iteration"] < CLUSTER_EPOCHS - 1}
+        if not victims:
+            continue
+        trial = rng.choice(sorted(victims))
+        victim = victims[trial]
+        nodes = [n for n in c.worker_nodes if n.node_id == victim["node"]]
+        if nodes and rng.random() < 0.5:
+            c.remove_node(nodes[0])  # every trial on it dies with it
+            kills.append(("node", trial, time.time()))
+            _add_worker(c)           # and a new node joins, as an autoscaler would replace it
+        else:
+            try:
+                os.kill(victim["pid"], signal.SIGKILL)
+            except ProcessLookupError:  # it ended a moment ago
+                continue
+            kills.append(("process", trial, time.time()))
+
+
+def test_trials_survive_killed_processes_and_lost_nodes(cluster, tmp_path, monkeypatch):
+    from orchestrator.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    spy, stop, kills = Spy(), threading.Event(), []
+    killer = threading.Thread(target=_killer, args=(cluster, spy, stop, random.Random(1515), kills), daemon=True)
+    killer.start()
+    try:
+        rc = main(["lab1", "--study", "residual-mlp", "--num-samples", str(CLUSTER_TRIALS), "--max-concurrent", "3",
+                   "--max-failures", "-1", "--cpus-per-trial", "1", "--gpus-per-trial", "0",
+                   "--set", f"epochs={CLUSTER_EPOCHS}", *SLOW_EPOCHS,
+                   "--quiet", "--storage", str(tmp_path / "ray_results"), "--mlflow-uri", mlflow_uri(tmp_path)],
+                  callbacks=[spy])
+    finally:
+        stop.set()
+        killer.join(timeout=120)
+    assert rc == 0, kills
+    assert len(kills) >= 3, f"only {len(kills)} kills: {kills}"
+
+    # Unlimited retries: every trial ran to its last epoch, and is one finished run.
+    assert sorted(spy.last.values()) == [CLUSTER_EPOCHS] * CLUSTER_TRIALS, (spy.last, kills)
+    children = runs(tmp_path, "lab1")
+    children = children[children["tags.mlflow.parentRunId"].notna()]
+    assert len(children) == CLUSTER_TRIALS and set(children.status) == {"FINISHED"}
+    assert (children["tags.status"] == "finished").all()
+    # Each killed trial was retried (its run says so) and went on from a checkpoint, not epoch 1.
+    victims = {trial for _, trial, _ in kills}
+    retried = set(children[children["tags.retries"].notna()]["tags.trial_id"])
+    assert victims <= retried, (victims, retried)
+    for kind, trial, when in kills:
+        after = [it for t, it, _, at in spy.restarts if t == trial and at > when]
+        assert after and after[0] > 1, (kind, trial, after, spy.restarts)
+    assert all(it > 1 for _, it, had_checkpoint, _ in spy.restarts if had_checkpoint), spy.restarts
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    for run_id, trial in zip(children.run_id, children["tags.trial_id"]):
+        steps = collections.Counter(m.step for m in client.get_metric_history(run_id, "val_acc"))
+        assert set(steps) == set(range(1, CLUSTER_EPOCHS + 1)), (trial, steps)
+        if trial in victims:
+            assert steps[1] == 1, (trial, steps)  # never started over
