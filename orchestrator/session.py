@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
-import ray
-from ray import tune
+from ray import tune  # [cluster #13] `import ray` went with check_fits
 from ray.tune.search import Searcher
 
+from . import placement  # [cluster #13]
 from .cli import REPO, Planned, UsageError, report_dir, tracking_uri
 from .execution import TrialSpec
 from .studies import Study, get_study
-from .tracking import Lookup, MlflowTracker, default_uri, ensure_server, find_parent, git_commit, stop_server
+from .provenance import git_commit  # [cluster #13] was tracking.git_commit: also reads the commit stamped for a cluster
+from .tracking import Lookup, MlflowTracker, default_uri, ensure_server, find_parent, stop_server
 from .tuning import TuneOptions, build_tuner, connect_ray, make_trainable, study_tuner
 
 STATE_FILE = "dla_study.pkl"  # beside Tune's own state: what --resume needs to rebuild the study
@@ -165,7 +166,8 @@ def start_study(p: Planned, args: argparse.Namespace, *, storage: str, data_dir:
                             params=params, resolve=spec.resolve, compare=study.compare, metric=study.metric,
                             mode=study.mode)
     print(f"== {study.key} ({args.profile}): {num_samples} trials; MLflow parent run {tracker.parent_id}", flush=True)
-    if not _fit(study, tracker, build_tuner(study, spec, opts, [tracker], epochs=getattr(spec.resolve({}), "epochs", 1))):
+    callbacks = [tracker, placement.StallGuard(args.wait_for_nodes, tracker)]  # [cluster #13]
+    if not _fit(study, tracker, build_tuner(study, spec, opts, callbacks, epochs=getattr(spec.resolve({}), "epochs", 1))):
         return False
     return run_repeats(study, spec, opts, tracker, args.repeats) if args.repeats else True
 
@@ -190,20 +192,6 @@ def resume_study(exp_dir: str, *, uri: str) -> bool:
     return _fit(study, tracker, tuner)
 
 
-def check_fits(args: argparse.Namespace, resources: dict[str, float]) -> None:
-    """A trial that can never be placed would wait forever: say so before any run is created."""
-    cpus = resources.get("CPU", 0.0)
-    workers = args.workers_per_trial
-    need = workers * args.cpus_per_trial + (0.25 if workers > 1 else 0.0)
-    if need > cpus:
-        raise UsageError(f"a trial needs {need:g} CPUs ({workers} worker(s) x --cpus-per-trial {args.cpus_per_trial:g}"
-                         f"{' + 0.25 for its driver' if workers > 1 else ''}) but the cluster has {cpus:g}; "
-                         f"lower --cpus-per-trial")
-    if (args.gpus_per_trial or 0) * workers > resources.get("GPU", 0.0):
-        raise UsageError(f"--gpus-per-trial {args.gpus_per_trial:g} x {workers} worker(s) exceeds the cluster's "
-                         f"{resources.get('GPU', 0.0):g} GPUs")
-
-
 def run_planned(planned: list[Planned], args: argparse.Namespace, *, storage: str, data_dir: Path, launch: Path,
                 resume: dict[str, str] | None = None) -> int:
     # Experiment state is saved after every result; with sub-second epochs Tune warns about it each time.
@@ -212,15 +200,15 @@ def run_planned(planned: list[Planned], args: argparse.Namespace, *, storage: st
     server = ensure_server(uri, launch)
     try:
         ray_mode = connect_ray(args.ray_address)
-        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        check_fits(args, ray.cluster_resources())
+        # [cluster #13] each study's trial checked against the nodes up and those the autoscaler can add
+        shapes = placement.prepare(planned, args, ray_mode)
         for p in planned:
             if resume is not None:
                 ok = resume_study(resume[p.study.key], uri=uri)
             else:
-                gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (
-                    p.study.gpus_per_trial if has_gpu else 0.0)
-                ok = start_study(p, args, storage=storage, data_dir=data_dir, uri=uri, ray_mode=ray_mode, gpus=gpus)
+                placement.wait_for_nodes(shapes[p.study.key], args.wait_for_nodes, p.study.key)  # [cluster #13]
+                ok = start_study(p, args, storage=storage, data_dir=data_dir, uri=uri, ray_mode=ray_mode,
+                                 gpus=shapes[p.study.key].gpus)  # [cluster #13]
             if not ok:
                 return 130
         from .report import build_report
