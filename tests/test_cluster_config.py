@@ -42,8 +42,9 @@ def test_cluster_local_yaml_is_cluster_yaml_for_the_local_provider():
                 "worker_start_ray_commands", "upscaling_speed", "idle_timeout_minutes"):
         assert LOCAL[key] == CONFIG[key], key
     assert CONFIG["available_node_types"][CONFIG["head_node_type"]]["resources"] == {"CPU": 0}
-    assert LOCAL["head_start_ray_commands"] == [c.replace("ray start --head", "ray start --head --num-cpus=0")
-                                                for c in CONFIG["head_start_ray_commands"]]
+    assert LOCAL["head_start_ray_commands"] == [
+        c.replace("ray start --head", "RAY_enable_autoscaler_v2=0 ray start --head --num-cpus=0")
+        for c in CONFIG["head_start_ray_commands"]]
 
 
 def test_setup_installs_into_the_python_that_ray_submit_runs():
