@@ -269,8 +269,27 @@ def read_cluster(autoscaler: bool = True) -> Cluster:
     return Cluster(nodes, types, cap, found[0])
 
 
+def _activity_v2() -> str | None:
+    """Autoscaler v2 (what `ray up` starts since Ray 2.50) reports its state through the GCS."""
+    from ray.autoscaler.v2.sdk import get_cluster_status
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+    if not is_autoscaler_v2(fetch_from_server=True):
+        return None
+    status = get_cluster_status(ray.get_runtime_context().gcs_address)
+    parts = [f"launching {r.count} {r.ray_node_type_name}" for r in status.pending_launches]
+    parts += [f"{n.ray_node_type_name} {(n.details or 'starting').lower()}" for n in status.pending_nodes]
+    parts += [f"{r.ray_node_type_name} failed to launch" for r in status.failed_launches]
+    return ", ".join(parts) or "autoscaler idle"
+
+
 def autoscaler_activity() -> str:
     """What the autoscaler is doing, from the status it publishes for `ray status` (best effort)."""
+    try:
+        if (v2 := _activity_v2()) is not None:
+            return v2
+    except Exception:
+        pass
     try:
         from ray._private import ray_constants
         from ray.experimental.internal_kv import _internal_kv_get
