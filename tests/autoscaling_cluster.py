@@ -5,7 +5,7 @@ WORK/results.json for the test to check.
     python -m tests.autoscaling_cluster WORK
 
 The shape is cluster.yaml's: the head's resources ({"CPU": 0}) and the gpu_worker type (its GPU
-count and min_workers 0), with 2 CPUs per worker and at most 2 workers to fit this machine. The
+count and min_workers 0), with 2 CPUs per worker and at most 3 workers to fit this machine. The
 workers are real raylets started on this machine by the fake node provider; their GPUs are declared,
 not real (torch sees none and trains on the CPU).
 """
@@ -27,7 +27,7 @@ ADDRESS = "127.0.0.1:6379"  # the namespace's own loopback
 # What the fake provider needs besides the node types (the wheel lacks the example.yaml that
 # AutoscalingCluster would read these from).
 FAKE_BASE: dict[str, Any] = {
-    "cluster_name": "fake-dla", "max_workers": 2, "upscaling_speed": 1.0, "idle_timeout_minutes": 1,
+    "cluster_name": "fake-dla", "max_workers": 3, "upscaling_speed": 1.0, "idle_timeout_minutes": 1,
     "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
                  "disable_launch_config_check": True},
     "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
@@ -56,7 +56,7 @@ def shipped_shape() -> tuple[dict[str, float], dict[str, Any]]:
     head = dict(types[shipped["head_node_type"]]["resources"])
     gpu = types["gpu_worker"]
     worker = {"resources": {"CPU": 2, "GPU": gpu["resources"]["GPU"], "object_store_memory": 200 * 2**20},
-              "node_config": {}, "min_workers": gpu["min_workers"], "max_workers": 2}
+              "node_config": {}, "min_workers": gpu["min_workers"], "max_workers": 3}
     return {**head, "object_store_memory": 200 * 2**20}, {"gpu_worker": worker}
 
 
@@ -87,6 +87,9 @@ def main(work: Path) -> None:
         # DDP over 2 workers, default GPUs: a whole (fake) GPU each, so on two gpu_worker nodes.
         results["ddp"] = run_py(work, "ddp", "--study", "residual-mlp", "--num-samples", "1", "--workers-per-trial",
                                 "2", "--set", "epochs=1", "depth=2")
+        # A trial that needs a node more than are up, with no time to wait for it: the bounded wait.
+        results["timeout"] = run_py(work, "timeout", "--study", "residual-mlp", "--num-samples", "1",
+                                    "--workers-per-trial", "3", "--wait-for-nodes", "1", "--set", "epochs=1")
         import ray
         from ray.util.state import list_nodes
 

@@ -4,9 +4,10 @@ gpu_worker type with fake GPUs and min_workers 0), in a private namespace (tests
 - a trial no node type can hold: one line, exit 2, no run;
 - `run.py lab1 --study residual-mlp` starts with zero workers, says it waits for a node, gets one
   from the autoscaler and finishes with every run in MLflow;
-- a DDP trial with 2 workers takes a whole GPU per worker by default: its ranks run on distinct GPUs.
+- a DDP trial with 2 workers takes a whole GPU per worker by default: its ranks run on distinct GPUs;
+- `--wait-for-nodes 1` for a trial that needs one node more: a clear error, exit 2, no run.
 
-One cluster for all three (starting one takes ~50 s here); tests/autoscaling_cluster.py runs them.
+One cluster for all four (starting one takes 25-50 s here); tests/autoscaling_cluster.py runs them.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_a_trial_no_node_type_holds_is_refused_before_any_run(results):
     assert no_fit["rc"] == 2, no_fit
     errors = [line for line in no_fit["stderr"].splitlines() if line.startswith("run.py:")]
     assert errors == [no_fit["stderr"].strip().splitlines()[-1]] and "which no node can hold" in errors[0]
-    assert "gpu_worker: up to 2 x (2 CPU, 1 GPU)" in errors[0]
+    assert "gpu_worker: up to 3 x (2 CPU, 1 GPU)" in errors[0]
     assert not (work / "no_fit.db").exists()
 
 
@@ -78,3 +79,14 @@ def test_ddp_ranks_get_distinct_gpus(results):
     # The cluster grew from the head alone to two gpu_worker nodes, which the autoscaler started.
     workers = [n for n in r["nodes"] if n["resources"].get("GPU")]
     assert len(workers) >= 2
+
+
+def test_the_wait_for_nodes_is_bounded(results):
+    work, r = results
+    run = r["timeout"]
+    assert run["rc"] == 2, run["stderr"][-3000:]
+    error = run["stderr"].strip().splitlines()[-1]
+    assert error.startswith("run.py: error: no node that can hold a trial (3 worker(s) x (1 CPU + 1 GPU)")
+    assert "came up within --wait-for-nodes 1 s" in error
+    assert "waiting for nodes for lab1/residual-mlp" in run["stderr"] and "gave up after" in run["stderr"]
+    assert not (work / "timeout.db").exists()   # no run was ever opened
