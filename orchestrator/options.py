@@ -49,6 +49,7 @@ class RunOptions:
     report_dir: Path | None               # --report-dir; None: reports/LAB-TIMESTAMP when the report is written
     resume: Mapping[str, str] | None      # study key -> Tune experiment to resume (--resume); None: new studies
     quiet: bool                           # no Tune progress table
+    wait_for_nodes: float                 # seconds a trial may wait for nodes before the study ends
 
 
 def tracking_uri(arg: str | None, launch: Path) -> str:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow.fs as pafs
-import ray
-from ray import tune
+from ray import tune  # [cluster #13] `import ray` went with check_fits
 from ray.tune.search import Searcher
 
+from . import placement  # [cluster #13]
 from .execution import TrialSpec
 from .options import REPO, Planned, RunOptions, UsageError, report_dir
 from .provenance import git_commit
@@ -164,7 +164,8 @@ def start_study(p: Planned, opts: RunOptions, *, ray_mode: str, gpus: float, cal
                             tags=tags, params=params, resolve=spec.resolve, compare=study.compare,
                             metric=study.metric, mode=study.mode)
     print(f"== {study.key} ({opts.profile}): {num_samples} trials; MLflow parent run {tracker.parent_id}", flush=True)
-    tuner = build_tuner(study, spec, tune_opts, [tracker, *callbacks], epochs=getattr(spec.resolve({}), "epochs", 1))
+    guard = placement.StallGuard(opts.wait_for_nodes, tracker)  # [cluster #13] a trial that waits too long ends the study
+    tuner = build_tuner(study, spec, tune_opts, [tracker, guard, *callbacks], epochs=getattr(spec.resolve({}), "epochs", 1))
     if not _fit(study, tracker, tuner):
         return False
     return run_repeats(study, spec, tune_opts, tracker, opts.repeats, callbacks) if opts.repeats else True
@@ -190,20 +191,6 @@ def resume_study(exp_dir: str, *, uri: str, callbacks: Sequence[Any] = ()) -> bo
     return _fit(study, tracker, tuner)
 
 
-def check_fits(opts: RunOptions, resources: dict[str, float]) -> None:
-    """A trial that can never be placed would wait forever: say so before any run is created."""
-    cpus = resources.get("CPU", 0.0)
-    workers = opts.workers_per_trial
-    need = workers * opts.cpus_per_trial + (0.25 if workers > 1 else 0.0)
-    if need > cpus:
-        raise UsageError(f"a trial needs {need:g} CPUs ({workers} worker(s) x --cpus-per-trial {opts.cpus_per_trial:g}"
-                         f"{' + 0.25 for its driver' if workers > 1 else ''}) but the cluster has {cpus:g}; "
-                         f"lower --cpus-per-trial")
-    if (opts.gpus_per_trial or 0) * workers > resources.get("GPU", 0.0):
-        raise UsageError(f"--gpus-per-trial {opts.gpus_per_trial:g} x {workers} worker(s) exceeds the cluster's "
-                         f"{resources.get('GPU', 0.0):g} GPUs")
-
-
 def run_planned(planned: list[Planned], opts: RunOptions, *, callbacks: Sequence[Any] = ()) -> int:
     """Runs (or, with `opts.resume`, resumes) the planned studies in turn, then writes the report.
     `callbacks`: extra Tune callbacks given to every study's tuner (e.g. a benchmark's stopwatch).
@@ -214,15 +201,14 @@ def run_planned(planned: list[Planned], opts: RunOptions, *, callbacks: Sequence
     server = ensure_server(uri, opts.launch)
     try:
         ray_mode = connect_ray(opts.ray_address)
-        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        check_fits(opts, ray.cluster_resources())
+        # [cluster #13] each study's trial checked against the nodes up and those the autoscaler can add
+        shapes = placement.prepare(planned, opts, ray_mode)
         for p in planned:
             if opts.resume is not None:
                 ok = resume_study(opts.resume[p.study.key], uri=uri, callbacks=callbacks)
             else:
-                gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else (
-                    p.study.gpus_per_trial if has_gpu else 0.0)
-                ok = start_study(p, opts, ray_mode=ray_mode, gpus=gpus, callbacks=callbacks)
+                placement.wait_for_nodes(shapes[p.study.key], opts.wait_for_nodes, p.study.key)  # [cluster #13]
+                ok = start_study(p, opts, ray_mode=ray_mode, gpus=shapes[p.study.key].gpus, callbacks=callbacks)
             if not ok:
                 return 130
         from .report import build_report
