@@ -2,7 +2,6 @@
 the shipped cluster.yaml and cluster-local.yaml), the bounded wait, and the stall guard."""
 from __future__ import annotations
 
-import copy
 import io
 import subprocess
 import sys
