@@ -139,8 +139,8 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=_positive_int, default=4, help="trials running at once (default 4)")
     p.add_argument("--cpus-per-trial", type=_positive_float, default=1.0, help="CPUs per trial, or per worker (default 1)")
     p.add_argument("--gpus-per-trial", type=_non_negative_float, default=None,
-                   help="GPUs per trial or per worker, fractions pack trials on one GPU "
-                        "(default: the study's packing if the cluster has GPUs, else 0)")
+                   help="GPUs per trial or per worker, fractions pack trials on one GPU (default: the study's "
+                        "packing if the cluster has or can launch GPUs, 1 per DDP worker, else 0)")  # [cluster #13]
     p.add_argument("--workers-per-trial", type=_positive_int, default=1,
                    help="Ray Train workers per trial; > 1 runs DDP under TorchTrainer")
     p.add_argument("--set", dest="sets", action="append", nargs="+", default=[], metavar="KEY=VALUE",
@@ -150,7 +150,10 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="Tune/Train storage: a folder or a URI shared by all nodes (default ./ray_results)")
     p.add_argument("--data-dir", type=Path, help="dataset folder for the full profile (default ./data)")
     p.add_argument("--seed", type=_seed, default=0, help=f"seed of the search and of every trial, 0..{SEED_MAX} (default 0)")
-    p.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, a cluster on this machine, or local)")
+    p.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, a cluster on this machine, "
+                                         "or local); `local` forces a private Ray")  # [cluster #13]
+    p.add_argument("--wait-for-nodes", type=_positive_float, default=900.0, metavar="SECONDS",  # [cluster #13]
+                   help="how long a trial may wait for the autoscaler's nodes before the study ends (default 900)")
     p.add_argument("--offline", action="store_true", default=os.environ.get("DLA_OFFLINE") == "1",
                    help="never download; missing data is an error")
     p.add_argument("--max-failures", type=_max_failures, default=1,
@@ -495,7 +498,9 @@ def run_options(args: argparse.Namespace) -> tuple[list[Planned], RunOptions]:
     """Checks a `run.py LAB ...` command line (UsageError on bad input) and resolves it: the planned
     studies and the run's options (with --resume: those saved with the run resumed). Downloads
     missing data of the full profile; creates nothing else."""
-    launch = Path.cwd()
+    from .launch import launch_dir  # [cluster #13] not Ray's temporary package folder under `ray job submit`
+
+    launch = launch_dir()  # [cluster #13] was Path.cwd()
     storage = args.storage or str(launch / "ray_results")
     if "://" not in storage:
         storage = str(Path(storage).resolve())
@@ -525,7 +530,8 @@ def run_options(args: argparse.Namespace) -> tuple[list[Planned], RunOptions]:
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         workers_per_trial=args.workers_per_trial, mlflow_uri=uri, storage=storage,
         data_dir=data_dir, launch=launch, seed=args.seed, ray_address=args.ray_address, offline=args.offline,
-        max_failures=args.max_failures, repeats=args.repeats, report_dir=report, resume=None, quiet=args.quiet)
+        max_failures=args.max_failures, repeats=args.repeats, report_dir=report, resume=None, quiet=args.quiet,
+        wait_for_nodes=args.wait_for_nodes)
 
 
 def resumed_run(args: argparse.Namespace, storage: str) -> tuple[list[Planned], RunOptions]:

@@ -56,6 +56,7 @@ class RunOptions:
     report_dir: Path | None               # --report-dir; None: reports/LAB-TIMESTAMP when the report is written
     resume: str | None = None             # the invocation record to continue (--resume, orchestrator.invocation)
     quiet: bool                           # no Tune progress table
+    wait_for_nodes: float = 900.0         # seconds a trial may wait for nodes before the study ends
 
 
 def tracking_uri(arg: str | None, launch: Path) -> str:

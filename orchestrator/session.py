@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pyarrow.fs as pafs
-import ray
-from ray import tune
+from ray import tune  # [cluster #13] `import ray` went with check_fits
 from ray.tune.search import Searcher
 
 from . import invocation
+from . import placement  # [cluster #13]
 from .execution import TrialSpec
 from .invocation import Invocation, Outcome, Progress, filesystem
 from .options import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, REPO, Planned, RunOptions, UsageError, report_dir
@@ -238,14 +238,16 @@ def _tracker(study: Study, state: StudyState, experiment: str, uri: str, *, resu
 
 
 def _run_experiment(study: Study, state: StudyState, experiment: str, uri: str, callbacks: Sequence[Any],
-                    *, resuming: bool) -> tuple[Outcome, MlflowTracker]:
+                    *, resuming: bool, wait_for_nodes: float | None = None) -> tuple[Outcome, MlflowTracker]:
     """Runs one Tune experiment of the study: a new one, or (resuming) the restored one, repaired
     (orchestrator.recovery). A resumed experiment that never got as far as Tune's first state on
     storage starts over in its folder."""
     restoring = resuming and _restorable(experiment)
     tracker = _tracker(study, state, experiment, uri, resuming=resuming, restoring=restoring)
     ledger = CheckpointLedger(tracker if restoring else None, managed=not state.spec.uses_ray_train)
-    tune_callbacks = [ledger, tracker, *callbacks]
+    # [cluster #13] trials that wait longer than --wait-for-nodes for nodes that never come end the study
+    guard = [placement.StallGuard(wait_for_nodes, tracker)] if wait_for_nodes else []
+    tune_callbacks = [ledger, tracker, *guard, *callbacks]
     spec, opts = state.spec, state.opts
     label = f"{study.key}{' repeats' if state.points is not None else ''}"
     if restoring:
@@ -313,7 +315,8 @@ def _new_search(p: Planned, opts: RunOptions, record: Invocation, progress: Prog
     save_state(storage, name, state)
     progress.experiment = experiment
     record.save()  # before the parent run exists: a driver killed from here on is resumed in this experiment
-    return _run_experiment(study, state, experiment, opts.mlflow_uri, callbacks, resuming=False)
+    return _run_experiment(study, state, experiment, opts.mlflow_uri, callbacks, resuming=False,
+                           wait_for_nodes=opts.wait_for_nodes)
 
 
 def _new_repeats(study: Study, search: str, parent: MlflowTracker, k: int, record: Invocation, progress: Progress,
@@ -360,20 +363,6 @@ def _study(p: Planned, opts: RunOptions, record: Invocation, progress: Progress,
     return search + repeats
 
 
-def check_fits(opts: RunOptions, resources: dict[str, float]) -> None:
-    """A trial that can never be placed would wait forever: say so before any run is created."""
-    cpus = resources.get("CPU", 0.0)
-    workers = opts.workers_per_trial
-    need = workers * opts.cpus_per_trial + (0.25 if workers > 1 else 0.0)
-    if need > cpus:
-        raise UsageError(f"a trial needs {need:g} CPUs ({workers} worker(s) x --cpus-per-trial {opts.cpus_per_trial:g}"
-                         f"{' + 0.25 for its driver' if workers > 1 else ''}) but the cluster has {cpus:g}; "
-                         f"lower --cpus-per-trial")
-    if (opts.gpus_per_trial or 0) * workers > resources.get("GPU", 0.0):
-        raise UsageError(f"--gpus-per-trial {opts.gpus_per_trial:g} x {workers} worker(s) exceeds the cluster's "
-                         f"{resources.get('GPU', 0.0):g} GPUs")
-
-
 def run_planned(planned: list[Planned], opts: RunOptions, *, callbacks: Sequence[Any] = ()) -> int:
     """Runs the planned studies in turn (with `opts.resume`: goes on with that invocation), then
     writes the report. A study that fails does not stop the others. `callbacks`: extra Tune
@@ -390,8 +379,8 @@ def run_planned(planned: list[Planned], opts: RunOptions, *, callbacks: Sequence
     outcomes: list[Outcome] = []
     try:
         ray_mode = connect_ray(opts.ray_address)
-        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        check_fits(opts, ray.cluster_resources())
+        # [cluster #13] each study's trial checked against the nodes up and those the autoscaler can add
+        shapes = placement.prepare(planned, opts, ray_mode)
         if opts.resume is not None:
             record = invocation.load(opts.resume)
         else:
@@ -404,8 +393,8 @@ def run_planned(planned: list[Planned], opts: RunOptions, *, callbacks: Sequence
                 print(f"== {p.study.key}: finished before, every trial; not run again", flush=True)
                 outcomes.append(progress.done)
                 continue
-            gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else (
-                p.study.gpus_per_trial if has_gpu else 0.0)
+            placement.wait_for_nodes(shapes[p.study.key], opts.wait_for_nodes, p.study.key)  # [cluster #13]
+            gpus = shapes[p.study.key].gpus
             try:
                 outcome = _study(p, opts, record, progress, ray_mode=ray_mode, gpus=gpus, callbacks=callbacks)
             except Exception as e:  # one study's failure must not cost the others (KeyboardInterrupt passes)

@@ -52,10 +52,12 @@ def _train_env() -> dict[str, str]:
 def connect_ray(address: str | None = None, num_cpus: int | None = None,
                 object_store_mb: int = 1024) -> str:
     """Joins a running cluster (explicit address, RAY_ADDRESS, or one detected on this machine);
-    otherwise starts a private local Ray. Returns "cluster" or "local" (a tag of the parent run)."""
+    otherwise, or with address "local", starts a private local Ray. Returns "cluster" or "local"
+    (a tag of the parent run)."""
     if ray.is_initialized():  # tests and notebooks that started Ray themselves
         return "existing"
-    address = address or os.environ.get("RAY_ADDRESS") or _live_cluster_address()
+    # [cluster #13] "local" forces a private Ray: never RAY_ADDRESS or a `ray start` cluster here
+    address = None if address == "local" else address or os.environ.get("RAY_ADDRESS") or _live_cluster_address()
     if address:  # the cluster's processes exist already: the job's runtime env carries the setting
         ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": _train_env()})
         return "cluster"

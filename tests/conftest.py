@@ -36,12 +36,18 @@ def ray_local():
     ray.shutdown()
 
 
+# Every run.py a test starts gets this (or an explicit address): the suite never joins, or is killed
+# by, a Ray someone else started on the machine with `ray start`.
+LOCAL_RAY = ("--ray-address", "local")
+
+
 def run_cli(tmp_path: Path, *args: str) -> int:
-    """Runs `run.py ARGS` in-process (on the module's Ray), with storage and MLflow under tmp_path."""
+    """Runs `run.py ARGS` in-process (on the module's Ray), with storage and MLflow under tmp_path.
+    `--ray-address local`: without a module Ray it starts a private one, never joining another."""
     from orchestrator.cli import main
 
     return main([*args, "--quiet", "--storage", str(tmp_path / "ray_results"),
-                 "--mlflow-uri", mlflow_uri(tmp_path)])
+                 "--mlflow-uri", mlflow_uri(tmp_path), *LOCAL_RAY])
 
 
 def mlflow_uri(tmp_path: Path) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
+from tests.conftest import LOCAL_RAY
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(REPO / "orchestrator" / "run.py")]
@@ -77,7 +78,7 @@ def test_list_prints_labs_studies_spaces_and_metrics(capsys):
 def test_real_entry_point_help_and_error():
     ok = subprocess.run([*RUN, "lab1", "--help"], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "--workers-per-trial" in ok.stdout and "residual-cnn" in ok.stdout
-    bad = subprocess.run([*RUN, "lab1", "--set", "depth=0"], capture_output=True, text=True, timeout=120,
+    bad = subprocess.run([*RUN, "lab1", "--set", "depth=0", *LOCAL_RAY], capture_output=True, text=True, timeout=120,
                          cwd=REPO / "tests")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["run.py: error: --set depth: must be >= 1, got 0"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import mlflow_uri, run_cli, runs
+from tests.conftest import LOCAL_RAY, mlflow_uri, run_cli, runs
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ def _cli(tmp_path: Path, log: str, *args: str) -> subprocess.Popen:
     out = open(tmp_path / log, "w")
     # An explicit --mlflow-uri: an earlier in-process test may have left MLFLOW_TRACKING_URI set.
     return subprocess.Popen([sys.executable, str(REPO / "orchestrator" / "run.py"), "lab1", "--study", "residual-mlp",
-                             "--quiet", "--mlflow-uri", mlflow_uri(tmp_path), *args], cwd=tmp_path, stdout=out,
+                             "--quiet", "--mlflow-uri", mlflow_uri(tmp_path), *LOCAL_RAY, *args], cwd=tmp_path, stdout=out,
                             stderr=subprocess.STDOUT, text=True)
 
 

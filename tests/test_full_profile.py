@@ -100,3 +100,23 @@ def test_without_the_bypass_the_fixtures_are_refused_before_ray(full_fixtures, t
         f"run.py: error: lab1/resnet needs cifar10 (dataset=cifar10), not found in {full_fixtures} (--offline); "
         f"fetch it where there is network: run.py prefetch lab1 --data-dir {full_fixtures}")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_bypass_reaches_the_ray_workers_a_run_py_starts(full_fixtures, tmp_path):
+    """Directly, what the trials above rely on: a worker process of a local Ray started by a driver with
+    run_py's environment opens the fixture CIFAR-10 (its md5 unchecked), the driver too."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    env.update(PYTHONPATH=os.pathsep.join([str(BYPASS), str(REPO)]), DLA_TEST_SKIP_MD5="1")
+    code = ("import os, sys, ray\n"
+            "from pathlib import Path\n"
+            "from trainables.data import has_dataset\n"
+            "ray.init(address='local', num_cpus=1, object_store_memory=100 * 2**20, log_to_driver=False)\n"
+            "probe = ray.remote(lambda d: (has_dataset('cifar10', Path(d)), os.getpid()))\n"
+            "found, pid = ray.get(probe.remote(sys.argv[1]))\n"
+            "print(found, pid != os.getpid(), has_dataset('cifar10', Path(sys.argv[1])))\n"
+            "ray.shutdown()\n")
+    done = subprocess.run([sys.executable, "-c", code, str(full_fixtures)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-3:] == ["True", "True", "True"]

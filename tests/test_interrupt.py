@@ -11,6 +11,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from tests.conftest import LOCAL_RAY
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -28,7 +30,7 @@ def test_ctrl_c_ends_every_run(tmp_path):
     db = tmp_path / "mlflow.db"
     proc = subprocess.Popen([sys.executable, str(REPO / "orchestrator" / "run.py"), "lab1", "--study", "residual-mlp",
                              "--set", "epochs=500", "--quiet", "--max-concurrent", "2",
-                             "--mlflow-uri", f"sqlite:///{db}"],  # not an inherited MLFLOW_TRACKING_URI
+                             "--mlflow-uri", f"sqlite:///{db}", *LOCAL_RAY],  # not an inherited MLFLOW_TRACKING_URI
                             cwd=tmp_path, stdout=open(tmp_path / "out.log", "w"), stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 300

@@ -8,6 +8,7 @@ import mlflow
 import pytest
 
 from orchestrator.cli import main
+from tests.conftest import LOCAL_RAY
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,7 @@ def test_study_logs_through_a_served_mlflow(ray_local, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"http://127.0.0.1:{_free_port()}"
     rc = main(["lab1", "--study", "mlp-capacity", "--num-samples", "2", "--set", "epochs=2", "--quiet",
-               "--storage", str(tmp_path / "ray_results"), "--mlflow-uri", uri])
+               "--storage", str(tmp_path / "ray_results"), "--mlflow-uri", uri, *LOCAL_RAY])
     assert rc == 0
     # The server is gone; its SQLite store and artifact folder stay in the launch folder.
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import mlflow_uri, run_cli, runs
+from tests.conftest import LOCAL_RAY, mlflow_uri, run_cli, runs
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,7 @@ def test_storage_can_be_a_uri(ray_local, tmp_path, monkeypatch):
     uri = f"file://{tmp_path / 'shared'}"
     count = Count()
     rc = main(["lab1", "--study", "mlp-capacity", "--num-samples", "2", "--set", "epochs=2", "--quiet",
-               "--storage", uri, "--mlflow-uri", mlflow_uri(tmp_path)], callbacks=[count])
+               "--storage", uri, "--mlflow-uri", mlflow_uri(tmp_path), *LOCAL_RAY], callbacks=[count])
     assert rc == 0 and len(set(count.started)) == 2
     experiments = list((tmp_path / "shared").glob("lab1-mlp-capacity-*"))
     assert len(experiments) == 1 and (experiments[0] / "dla_study.pkl").exists()
