@@ -517,7 +517,7 @@ def run_options(args: argparse.Namespace) -> tuple[list[Planned], RunOptions]:
         uri = uri if args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") else opts.mlflow_uri
         check_store(uri, launch)
         return planned, dataclasses.replace(opts, mlflow_uri=uri, ray_address=args.ray_address, quiet=args.quiet,
-                                            report_dir=report, launch=launch)
+                                            report_dir=report, launch=launch, wait_for_nodes=args.wait_for_nodes)
     planned = plan(args.command, args.study, args.profile, parse_sets(args.sets), args.seed)
     data_dir = (args.data_dir or launch / "data").resolve()
     if data_dir.exists() and not data_dir.is_dir():

@@ -320,7 +320,7 @@ def _new_search(p: Planned, opts: RunOptions, record: Invocation, progress: Prog
 
 
 def _new_repeats(study: Study, search: str, parent: MlflowTracker, k: int, record: Invocation, progress: Progress,
-                 uri: str, callbacks: Sequence[Any]) -> Outcome:
+                 uri: str, callbacks: Sequence[Any], wait_for_nodes: float | None = None) -> Outcome:
     """Re-runs the search's best configurations with k seeds, as a second invocation (tag
     repeats_of = the search's parent run); the report shows mean ± std."""
     state = load_state(search)
@@ -336,7 +336,7 @@ def _new_repeats(study: Study, search: str, parent: MlflowTracker, k: int, recor
     save_state(state.opts.storage, name, repeats)
     progress.repeats = experiment
     record.save()
-    return _run_experiment(study, repeats, experiment, uri, callbacks, resuming=False)[0]
+    return _run_experiment(study, repeats, experiment, uri, callbacks, resuming=False, wait_for_nodes=wait_for_nodes)[0]
 
 
 def _study(p: Planned, opts: RunOptions, record: Invocation, progress: Progress, *, ray_mode: str, gpus: float,
@@ -348,7 +348,8 @@ def _study(p: Planned, opts: RunOptions, record: Invocation, progress: Progress,
     else:
         if progress.experiment:
             state = load_state(progress.experiment)
-            search, tracker = _run_experiment(study, state, progress.experiment, uri, callbacks, resuming=True)
+            search, tracker = _run_experiment(study, state, progress.experiment, uri, callbacks, resuming=True,
+                                              wait_for_nodes=opts.wait_for_nodes)
         else:
             search, tracker = _new_search(p, opts, record, progress, ray_mode=ray_mode, gpus=gpus, callbacks=callbacks)
         if search.interrupted or not opts.repeats:
@@ -357,9 +358,11 @@ def _study(p: Planned, opts: RunOptions, record: Invocation, progress: Progress,
         record.save()
     if progress.repeats:
         state = load_state(progress.repeats)
-        repeats = _run_experiment(study, state, progress.repeats, uri, callbacks, resuming=True)[0]
+        repeats = _run_experiment(study, state, progress.repeats, uri, callbacks, resuming=True,
+                                  wait_for_nodes=opts.wait_for_nodes)[0]
     else:
-        repeats = _new_repeats(study, progress.experiment, tracker, opts.repeats, record, progress, uri, callbacks)
+        repeats = _new_repeats(study, progress.experiment, tracker, opts.repeats, record, progress, uri, callbacks,
+                               opts.wait_for_nodes)
     return search + repeats
 
 

@@ -34,7 +34,7 @@ import mlflow
 import pytest
 from ray import tune
 
-from tests.conftest import mlflow_uri, runs
+from tests.conftest import LOCAL_RAY, mlflow_uri, runs
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -73,35 +73,43 @@ def _driver(tmp_path: Path, log: str, *args: str) -> subprocess.Popen:
     # an earlier in-process test may have left MLFLOW_TRACKING_URI set.
     return subprocess.Popen([sys.executable, str(REPO / "orchestrator" / "run.py"), "lab1", "--study", "residual-mlp",
                              "--quiet", "--mlflow-uri", mlflow_uri(tmp_path), "--storage", str(tmp_path / "ray_results"),
-                             *args], cwd=tmp_path, stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT, text=True)
+                             *LOCAL_RAY, *args], cwd=tmp_path, stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT, text=True)
 
 
 def _checkpoints(storage: Path) -> set[Path]:
     return set(storage.glob("*/run_trial_*/checkpoint_*"))
 
 
+def _until(driver: subprocess.Popen, done, deadline: float) -> None:
+    while time.monotonic() < deadline and driver.poll() is None and not done():
+        time.sleep(0.1)
+
+
 def test_a_study_survives_its_driver_killed_at_random_moments(tmp_path):
+    """Kill moments of three kinds: `start-up` (seconds after the process started: before Ray, the
+    invocation record or the MLflow parent exist), `set-up` (just after the driver named its MLflow
+    parent: Tune's first state may not be on storage yet), `training` (just after one of this
+    driver's trials wrote a checkpoint: registration, history, snapshot copy all in flight)."""
     rng = random.Random(15)
     storage = tmp_path / "ray_results"
     study = ["--num-samples", str(TRIALS), "--max-concurrent", "2", "--set", f"epochs={EPOCHS}", *SLOW_EPOCHS]
-    kinds = ["start-up"] * 2 + ["training"] * (KILLS - 2)
+    kinds = ["start-up", "set-up"] + ["training"] * (KILLS - 2)
     rng.shuffle(kinds)
     kills: list[str] = []
     for i, kind in enumerate(kinds):
         resume = any((storage / "dla_runs").glob("*.pkl"))  # killed before its record: start it again
-        driver = _driver(tmp_path, f"driver{i}.log", *(["--resume"] if resume else study))
-        started, seen = time.monotonic(), _checkpoints(storage)
-        delay = rng.uniform(1, 20) if kind == "start-up" else rng.uniform(0, 4)
+        log = tmp_path / f"driver{i}.log"
+        driver = _driver(tmp_path, log.name, *(["--resume"] if resume else study))
+        deadline = time.monotonic() + 420
         try:
-            deadline = time.monotonic() + 420
-            if kind == "training":  # wait for a checkpoint this driver's trials wrote, then a moment more
-                while time.monotonic() < deadline and driver.poll() is None and not _checkpoints(storage) - seen:
-                    time.sleep(0.2)
-                started = time.monotonic()
-            while time.monotonic() < min(deadline, started + delay) and driver.poll() is None:
-                time.sleep(0.1)
-            assert driver.poll() is None, f"driver {i} ended before its kill: " + \
-                (tmp_path / f"driver{i}.log").read_text()[-3000:]
+            if kind != "start-up":  # the driver has its MLflow parent (and, resuming, has restored Tune's state)
+                _until(driver, lambda: "MLflow parent run" in log.read_text(), deadline)
+            if kind == "training":  # then a checkpoint of one of its own trials
+                seen = _checkpoints(storage)
+                _until(driver, lambda: bool(_checkpoints(storage) - seen), deadline)
+            delay = {"start-up": rng.uniform(1, 15), "set-up": rng.uniform(0, 3), "training": rng.uniform(0, 4)}[kind]
+            _until(driver, lambda: False, min(deadline, time.monotonic() + delay))
+            assert driver.poll() is None, f"driver {i} ({kind}) ended before its kill: " + log.read_text()[-3000:]
             driver.send_signal(signal.SIGKILL)
             driver.wait(timeout=60)
             kills.append(f"{kind} +{delay:.1f}s")
@@ -127,9 +135,11 @@ def test_a_study_survives_its_driver_killed_at_random_moments(tmp_path):
     client = mlflow.MlflowClient(mlflow_uri(tmp_path))
     for run_id in finished.run_id:
         assert "checkpoint/model.pt" in {a.path for a in client.list_artifacts(run_id, "checkpoint")}
-    # Trials went on across kills, from checkpoints (Tune's own record of each trial's results).
-    assert finished["tags.resumed_from"].notna().any(), kills
+    # Trials went on across kills from checkpoints (Tune's own record of each trial's results), and
+    # the runs the kills cut short say what they were.
     assert _restores_from_checkpoints(storage), kills
+    cut = children[children.status == "KILLED"]
+    assert (cut["tags.status"] == "killed").all()
 
 
 # ------------------------------------------------------------------------------ trial and node chaos

@@ -39,7 +39,10 @@ def test_has_asset_reads_the_hub_cache_layout(tmp_path):
     name = "hf-model:org/tiny"
     assert not hub.has_asset(name, tmp_path) and not has_dataset(name, tmp_path) and not hub.has_asset(name, None)
     assert not any(tmp_path.rglob("*org--tiny*"))  # asking leaves no trace
-    (fake_snapshot(tmp_path, "model", "org/tiny") / "config.json").write_text("{}")
+    snap = fake_snapshot(tmp_path, "model", "org/tiny")
+    (snap / "config.json").write_text("{}")
+    assert not hub.has_asset(name, tmp_path)  # a model snapshot without weights is not there yet
+    (snap / "model.safetensors").write_bytes(b"")
     assert hub.has_asset(name, tmp_path) and has_dataset(name, tmp_path)  # data.py dispatches ":" names here
     assert hub.local_snapshot(name, tmp_path).name == COMMIT
     with pytest.raises(DataMissing, match="prefetch"):
@@ -60,7 +63,8 @@ def test_failed_download_raises_one_line_and_leaves_nothing(tmp_path, monkeypatc
     with pytest.raises(DataMissing) as err:
         download_dataset("hf-model:org/tiny", tmp_path)
     assert "\n" not in str(err.value) and "org/tiny" in str(err.value)
-    assert list(hub.hub_cache(tmp_path).iterdir()) == []  # no partial repository, no temp folder
+    # no partial repository, no temp folder, not even the cache folders the download created
+    assert tmp_path.is_dir() and not hub.hub_cache(tmp_path).exists()
 
 
 def test_download_moves_a_complete_snapshot_into_place(tmp_path, monkeypatch):
@@ -74,6 +78,7 @@ def test_download_moves_a_complete_snapshot_into_place(tmp_path, monkeypatch):
         (root / "refs" / "main").write_text(COMMIT)
         (root / "snapshots" / COMMIT).mkdir(parents=True)
         (root / "snapshots" / COMMIT / "config.json").write_text("{}")
+        (root / "snapshots" / COMMIT / "train.parquet").write_bytes(b"")  # a dataset needs a data file
         return str(root / "snapshots" / COMMIT)
 
     import huggingface_hub

@@ -1,0 +1,144 @@
+"""What a run says when not everything went well, end to end through `run.py`:
+
+- a study whose trials fail ends with one line (k of N, the first error, its error file), its
+  tracebacks go to the error files and the trials' MLflow runs (not the console), the lab's other
+  studies still run, the report is written with the failure in it, the exit code is 3; and
+  `--resume` retries exactly the failed trials;
+- `run.py LAB --resume` goes on with the study a killed driver was in, then runs the studies that
+  never started, `--repeats` included, each invocation once.
+
+Trials fail by injection (tests/faults.py): a trial of a study named in DLA_TEST_FAIL_STUDY raises
+as it starts, whatever its config.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import LOCAL_RAY, mlflow_uri, runs
+from tests.faults import FAIL_ENV
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _run_py(tmp_path: Path, log: str, *args: str, fail: str = "") -> subprocess.Popen:
+    env = {**os.environ, FAIL_ENV: fail, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "faults_site"), str(REPO)])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, str(REPO / "orchestrator" / "run.py"), "lab1", "--quiet",
+                             "--mlflow-uri", mlflow_uri(tmp_path), "--storage", str(tmp_path / "ray_results"),
+                             "--report-dir", str(tmp_path / "report"), *LOCAL_RAY, *args],
+                            cwd=tmp_path, env=env, stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 900) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        proc.kill()
+
+
+def test_a_failing_study_is_one_line_exit_3_and_the_rest_of_the_lab_runs(tmp_path):
+    study = ["--study", "residual-mlp", "--study", "mlp-capacity", "--num-samples", "2", "--max-concurrent", "2",
+             "--set", "epochs=2"]
+    rc = _finish(_run_py(tmp_path, "first.log", *study, fail="residual-mlp"))
+    out = (tmp_path / "first.log").read_text()
+    assert rc == 3, out[-4000:]
+    assert "Traceback" not in out and "Trial task failed" not in out, out[-4000:]
+    line = re.findall(r"^== lab1/residual-mlp: 2 of 2 trials failed \(first error: (.*); details: (.*)\)$", out, re.M)
+    assert len(line) == 1, out[-4000:]
+    error, details = line[0]
+    assert error == "RuntimeError: injected failure in lab1/residual-mlp"
+    traceback = Path(details).read_text()
+    assert "injected failure" in traceback and 'File "' in traceback and "tests/faults.py" in traceback
+    assert out.strip().splitlines()[-1] == ("run.py: 1 of 2 studies did not finish every trial: lab1/residual-mlp; "
+                                            "`--resume` retries them")
+
+    df = runs(tmp_path, "lab1")
+    children = df[df["tags.mlflow.parentRunId"].notna()]
+    failed = children[children["tags.study"] == "residual-mlp"]
+    assert len(failed) == 2 and set(failed.status) == {"FAILED"}
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    for run_id in failed.run_id:  # each traceback also in its trial's run
+        assert [a.path for a in client.list_artifacts(run_id, "errors")] == ["errors/error.txt"]
+    others = children[children["tags.study"] == "mlp-capacity"]
+    assert len(others) == 2 and set(others.status) == {"FINISHED"}   # the next study still ran
+    report = (tmp_path / "report" / "report.md").read_text()
+    failing = report.split("## lab1/residual-mlp")[1].split("## ")[0]
+    assert "2 trials — 2 failed" in failing and "## lab1/mlp-capacity" in report
+
+    # Fixed (no more injected failure), --resume retries the failed trials and nothing else.
+    rc = _finish(_run_py(tmp_path, "resumed.log", "--resume"))
+    out = (tmp_path / "resumed.log").read_text()
+    assert rc == 0, out[-4000:]
+    assert "lab1/mlp-capacity: finished before, every trial; not run again" in out
+    df = runs(tmp_path, "lab1")
+    children = df[df["tags.mlflow.parentRunId"].notna()]
+    retried = children[(children["tags.study"] == "residual-mlp") & (children.status == "FINISHED")]
+    assert len(retried) == 2 and set(retried["tags.trial_id"]) == set(failed["tags.trial_id"])
+    assert len(children[children["tags.study"] == "mlp-capacity"]) == 2
+    assert len(df[df["tags.mlflow.parentRunId"].isna()]) == 2 and "RUNNING" not in set(df.status)
+
+
+def _count(db: Path, sql: str) -> int:
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute(sql).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+FINISHED_SEARCH_TRIALS = ("SELECT COUNT(*) FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid JOIN tags s "
+                          "ON r.run_uuid = s.run_uuid WHERE t.key = 'mlflow.parentRunId' AND s.key = 'study' "
+                          "AND s.value = 'mlp-capacity' AND r.status = 'FINISHED'")
+RUNNING_REPEATS = ("SELECT COUNT(*) FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid WHERE t.key = 'mlflow.parentRunId'"
+                   " AND r.status = 'RUNNING' AND t.value IN (SELECT run_uuid FROM tags WHERE key = 'kind' AND "
+                   "value = 'repeats')")
+
+
+def _kill_when(proc: subprocess.Popen, db: Path, sql: str, log: Path) -> None:
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and _count(db, sql) < 1:
+        time.sleep(0.5)
+    assert proc.poll() is None, log.read_text()[-3000:]
+    assert _count(db, sql) >= 1, log.read_text()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    _finish(proc, 60)
+
+
+def test_lab_resume_goes_on_with_the_study_then_those_that_never_started_repeats_included(tmp_path):
+    db = tmp_path / "mlflow.db"
+    first = _run_py(tmp_path, "first.log", "--study", "mlp-capacity", "--study", "residual-mlp", "--num-samples", "2",
+                    "--max-concurrent", "2", "--repeats", "1", "--set", "epochs=4", "batch_size=16")
+    _kill_when(first, db, FINISHED_SEARCH_TRIALS, tmp_path / "first.log")  # in the first study's search
+    second = _run_py(tmp_path, "second.log", "--resume")
+    _kill_when(second, db, RUNNING_REPEATS, tmp_path / "second.log")       # in a study's --repeats
+    rc = _finish(_run_py(tmp_path, "last.log", "--resume"))
+    assert rc == 0, (tmp_path / "last.log").read_text()[-4000:]
+
+    df = runs(tmp_path, "lab1")
+    assert "RUNNING" not in set(df.status)
+    parents = df[df["tags.mlflow.parentRunId"].isna()]
+    children = df[df["tags.mlflow.parentRunId"].notna()]
+    for study in ("mlp-capacity", "residual-mlp"):
+        mine = parents[parents["tags.study"] == study]
+        search = mine[mine["tags.kind"].isna()]
+        repeats = mine[mine["tags.kind"] == "repeats"]
+        assert len(search) == 1 and len(repeats) == 1, (study, mine[["run_id", "tags.kind", "status"]])
+        assert set(mine.status) == {"FINISHED"}
+        for parent, expected in ((search, 2), (repeats, int(repeats["params.configs"].iloc[0]))):
+            done = children[(children["tags.mlflow.parentRunId"] == parent.run_id.iloc[0])
+                            & (children.status == "FINISHED")]
+            assert len(done) == expected and done["tags.trial_id"].is_unique, (study, done)
+        assert repeats["tags.repeats_of"].iloc[0] == search.run_id.iloc[0]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## lab1/mlp-capacity" in report and "## lab1/residual-mlp" in report and "mean ± std" in report
