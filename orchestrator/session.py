@@ -279,6 +279,7 @@ def _fit(label: str, study: Study, tracker: MlflowTracker, tuner: tune.Tuner, le
         tracker.close(interrupted=interrupted)
     interrupted = interrupted or bool(tracker.killed)
     print(f"== {label}: {_describe_best(tracker, study.metric)}{' (INTERRUPTED)' if interrupted else ''}", flush=True)
+    print(f"== {label}: MLflow {tracker.parent_url()}", flush=True)  # the study's parent run, in the UI
     if interrupted or grid is None:
         return Outcome(label, interrupted=True)
     outcome = _failures(label, grid, ledger, tracker)

@@ -72,7 +72,7 @@ def test_ddp_ranks_get_distinct_gpus(results):
     df = _runs(work, "ddp")
     child = df[df["tags.mlflow.parentRunId"].notna()].iloc[0]
     assert child.status == "FINISHED" and child["params.depth"] == "2"
-    assert child["metrics.world_size"] == 2 and child["metrics.replicas_in_sync"] == 1
+    assert child["tags.world_size"] == "2" and child["tags.replicas_in_sync"] == "1"
     assert child["metrics.distinct_gpus"] == 2   # one GPU per rank, not two ranks packed on one
     parent = df[df["tags.mlflow.parentRunId"].isna()].iloc[0]
     assert parent["params.gpus_per_trial"] == "1.0"

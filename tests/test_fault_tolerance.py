@@ -78,30 +78,78 @@ def _children(tmp_path: Path):
         return []
 
 
-def test_resume_after_the_driver_was_killed(tmp_path):
-    driver = _cli(tmp_path, "first.log", "--num-samples", "4", "--max-concurrent", "2", "--set", "epochs=20")
+def _finished_trials(tmp_path: Path) -> set[str]:
+    import sqlite3
+
     try:
+        with sqlite3.connect(tmp_path / "mlflow.db") as con:
+            return {t for (t,) in con.execute("SELECT t.value FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid "
+                                              "WHERE t.key = 'trial_id' AND r.status = 'FINISHED'")}
+    except sqlite3.Error:
+        return set()
+
+
+def _interrupted_with_checkpoint(storage: Path, finished: set[str]) -> set[str]:
+    """Trials (ids) not finished in MLflow that have a checkpoint Tune registered (one the driver
+    wrote the history of: orchestrator.recovery)."""
+    return {folder.name.split("_")[2] for folder in storage.glob("*/run_trial_*")
+            if any(folder.glob("checkpoint_*/dla_history.json"))} - finished
+
+
+def _first_results_after_restores(trial_folder: Path) -> list[int]:
+    """The iteration of each result that came first after a restore from a checkpoint."""
+    out = []
+    for line in (trial_folder / "result.json").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("iterations_since_restore") == 1 and r.get("training_iteration", 0) > 1:
+            out.append(r["training_iteration"])
+    return out
+
+
+def test_resume_after_the_driver_was_killed(tmp_path):
+    storage = tmp_path / "ray_results"
+    driver = _cli(tmp_path, "first.log", "--num-samples", "4", "--max-concurrent", "2", "--set", "epochs=20",
+                  "batch_size=32")
+    try:
+        # Killed once a trial has finished and another one is half-way, with a checkpoint.
         deadline = time.time() + 480
-        while time.time() < deadline and sum(s == "FINISHED" for (s,) in _children(tmp_path)) < 1:
+        while time.time() < deadline and driver.poll() is None:
+            finished = _finished_trials(tmp_path)
+            if finished and _interrupted_with_checkpoint(storage, finished):
+                break
             time.sleep(0.5)
-        assert sum(s == "FINISHED" for (s,) in _children(tmp_path)) >= 1, "no trial finished before the kill"
+        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=60)
     finally:
         driver.kill()
     before = runs(tmp_path, "lab1")
     finished_before = set(before[before.status == "FINISHED"]["tags.trial_id"].dropna())
+    finished_runs_before = set(before[(before.status == "FINISHED") & before["tags.mlflow.parentRunId"].notna()].run_id)
+    interrupted = _interrupted_with_checkpoint(storage, finished_before)
+    assert finished_before and interrupted, "the kill came too early or too late"
     assert "RUNNING" in set(before.status)  # what the dead driver left behind
 
     resumed = _cli(tmp_path, "resumed.log", "--resume")
-    resumed.wait(timeout=600)
+    try:
+        resumed.wait(timeout=600)
+    finally:
+        resumed.kill()
     assert resumed.returncode == 0, (tmp_path / "resumed.log").read_text()[-3000:]
     after = runs(tmp_path, "lab1")
     assert "RUNNING" not in set(after.status)
     children = after[after["tags.mlflow.parentRunId"].notna()]
     finished = children[children.status == "FINISHED"]
     assert len(finished) == 4 and finished["tags.trial_id"].is_unique      # every trial, each once
-    assert finished_before <= set(finished["tags.trial_id"])                 # finished ones not rerun
+    assert finished_runs_before <= set(finished.run_id)                      # finished ones not rerun
     assert (children.status == "KILLED").sum() >= 1                          # the dead driver's runs
     parents = after[after["tags.mlflow.parentRunId"].isna()]
     assert len(parents) == 1 and parents.status.iloc[0] == "FINISHED"
+    # The interrupted trials went on from their checkpoints, not from epoch 1: Tune's first result
+    # after the restore is past epoch 1, and each trial's run holds every epoch exactly once.
+    for trial in interrupted:
+        (folder,) = storage.glob(f"*/run_trial_{trial}_*")
+        assert _first_results_after_restores(folder), (trial, (folder / "result.json").read_text()[-2000:])
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    for run_id in finished.run_id:
+        assert sorted(m.step for m in client.get_metric_history(run_id, "val_acc")) == list(range(1, 21))

@@ -80,7 +80,7 @@ def test_ddp_trial_spans_two_nodes(cluster, tmp_path, monkeypatch):
     assert rc == 0
     assert len(_nodes_of("RayTrainWorker")) == 2
     child = child_runs(tmp_path, "lab1").iloc[0]
-    assert child.status == "FINISHED" and child["metrics.world_size"] == 2 and child["metrics.replicas_in_sync"] == 1
+    assert child.status == "FINISHED" and child["tags.world_size"] == "2" and child["tags.replicas_in_sync"] == "1"
 
 
 def test_study_survives_losing_the_worker_node(cluster, tmp_path, monkeypatch):

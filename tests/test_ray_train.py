@@ -15,9 +15,9 @@ def test_two_worker_trial_runs_ddp_with_replicas_in_sync(ray_local, tmp_path, mo
     assert rc == 0
     child = child_runs(tmp_path, "lab1").iloc[0]
     assert child.status == "FINISHED"
-    assert child["metrics.world_size"] == 2          # the function saw a world of two
-    assert child["metrics.workers_reported"] == 2    # both ranks reported
-    assert child["metrics.replicas_in_sync"] == 1    # and ended with identical weights
+    assert child["tags.world_size"] == "2"          # the function saw a world of two
+    assert child["tags.workers_reported"] == "2"    # both ranks reported
+    assert child["tags.replicas_in_sync"] == "1"    # and ended with identical weights
     assert child["metrics.test_acc"] > 0.5
 
     import mlflow
@@ -33,4 +33,4 @@ def test_train_backend_ray_train_forces_torch_trainer_with_one_worker(ray_local,
     assert rc == 0
     child = child_runs(tmp_path, "lab1").iloc[0]
     assert child.status == "FINISHED"
-    assert child["metrics.workers_reported"] == 1 and child["metrics.world_size"] == 1
+    assert child["tags.workers_reported"] == "1" and child["tags.world_size"] == "1"

@@ -35,7 +35,9 @@ def test_residual_mlp_study_logs_parent_children_metrics_and_figures(ray_local, 
         history = client.get_metric_history(run_id, "val_acc")
         assert sorted(m.step for m in history) == list(range(1, 13))
         assert client.get_metric_history(run_id, "test_acc")
-        assert client.get_metric_history(run_id, "grad_norm/00")
+        assert sorted(m.step for m in client.get_metric_history(run_id, "train_grad_norm_ratio")) == list(range(1, 13))
+        assert not client.get_metric_history(run_id, "grad_norm/00")  # per-layer norms: a figure and a table
+        assert [a.path for a in client.list_artifacts(run_id, "tables")] == ["tables/grad_norms.json"]
         figures = {a.path for a in client.list_artifacts(run_id, "figures")}
         assert figures == {"figures/curves.png", "figures/grad_norms.png"}
         assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/model.pt"]
