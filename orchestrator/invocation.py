@@ -96,7 +96,8 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
 
 def create(storage: str, lab: str, studies: list[tuple[str, dict, dict, dict]], opts: RunOptions) -> Invocation:
     """A new record (not yet saved) under storage, named by the time it was made."""
-    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**6:06d}"
+    now = time.time_ns()  # one instant: the name sorts by creation, to the microsecond
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now // 10**9)) + f"-{now // 1000 % 10**6:06d}"
     path = f"{storage.rstrip('/')}/{RECORDS}/{lab}-{stamp}.pkl"
     fs, fs_path = filesystem(path)
     fs.create_dir(fs_path.rpartition("/")[0], recursive=True)

@@ -143,8 +143,7 @@ def verdict(study: Study, inv: Mapping[str, Any] | None, report_section: str) ->
         first = min(failed, key=lambda c: c["start_time"])
         stage = ("after its first epochs (training loop or final evaluation)" if _reported(first)
                  else "before its first report (data, model or first epoch)")
-        return False, (f"{len(failed)}/{len(children)} trials failed, the first {stage}: {_error(first)}"
-                       f"{_where(first)}")
+        return False, f"{len(failed)}/{len(children)} trials failed, the first {stage}: {_error(first)}"
     if not finished:
         return False, f"no trial finished ({', '.join(sorted({c['status'] for c in children}))})"
     logged = [c for c in finished if any(k in c["metrics"] for k in (study.metric, f"best_{study.metric}"))]
@@ -170,7 +169,8 @@ def _reported(child: Mapping[str, Any]) -> bool:
 
 
 def _error(child: Mapping[str, Any]) -> str:
-    """The last line of the trial's traceback (Tune's error.txt, local storage), else its status."""
+    """The last line of the trial's traceback (Tune's error file; the session's line above names where
+    the whole traceback is kept)."""
     path = child["tags"].get("error_file", "")
     try:
         lines = [x for x in Path(path).read_text().splitlines() if x.strip()] if path and "://" not in path else []
@@ -178,11 +178,6 @@ def _error(child: Mapping[str, Any]) -> str:
         lines = []
     text = lines[-1].strip() if lines else "(no error file)"
     return text if len(text) <= 240 else text[:237] + "..."
-
-
-def _where(child: Mapping[str, Any]) -> str:
-    path = child["tags"].get("error_file", "")
-    return f" (traceback: {path})" if path else ""
 
 
 def _hardware() -> str:

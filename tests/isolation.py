@@ -26,14 +26,18 @@ _LOOPBACK_UP = ("import fcntl, socket, struct; s = socket.socket(); "
                 "fcntl.ioctl(s, 0x8914, struct.pack('16sH', b'lo', f | 1))")
 
 # A machine of its own (also what a second "machine" inside the first runs, $DLA_MACHINE: it shares
-# the first one's network). $DLA_WORK is carried across the fresh /tmp through /mnt (a mount point
-# that exists on Debian/Ubuntu; mounts made here are private to the namespace).
+# the first one's network). $DLA_KEEP (the work folder, the checkout, the interpreter: a CI clone may
+# live under /tmp) is carried across the fresh /tmp through /mnt (a mount point that exists on
+# Debian/Ubuntu; mounts made here are private to the namespace).
 MACHINE = r"""
 set -euo pipefail
 mkdir -p /mnt
-mount --bind "$DLA_WORK" /mnt
+mount --rbind /tmp /mnt
 mount -t tmpfs tmpfs /tmp
-mkdir -p "$DLA_WORK" && mount --bind /mnt "$DLA_WORK" && umount -l /mnt
+for keep in $DLA_KEEP; do  # what lives under the host's /tmp and must stay visible (work, repo, venv)
+  case "$keep" in /tmp/*) mkdir -p "$keep" && mount --bind "/mnt/${keep#/tmp/}" "$keep" ;; esac
+done
+umount -l /mnt
 export HOME=/tmp/home
 mkdir -p "$HOME" && chmod 700 "$HOME"
 sed "s#^root:\([^:]*\):0:0:\([^:]*\):[^:]*:#root:\1:0:0:\2:$HOME:#" /etc/passwd > /tmp/passwd
@@ -67,7 +71,8 @@ def run_isolated(script: str, work: Path, timeout_s: float, env: dict[str, str] 
     work.mkdir(parents=True, exist_ok=True)
     log = log or work / "isolated.log"
     bin_dir = str(Path(sys.executable).parent)
-    full_env = {**os.environ, "DLA_WORK": str(work), "DLA_PYTHON": sys.executable, "DLA_LOOPBACK_UP": _LOOPBACK_UP,
+    keep = " ".join(str(p) for p in (work, Path(__file__).resolve().parents[1], Path(sys.prefix)))
+    full_env = {**os.environ, "DLA_WORK": str(work), "DLA_KEEP": keep, "DLA_PYTHON": sys.executable, "DLA_LOOPBACK_UP": _LOOPBACK_UP,
                 "DLA_MACHINE": MACHINE,
                 "DLA_RO": sysconfig.get_paths()["purelib"], "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
                 **(env or {})}

@@ -110,3 +110,4 @@ def test_study_survives_losing_the_worker_node(cluster, tmp_path, monkeypatch):
     children = child_runs(tmp_path, "lab1")
     assert len(children) == 4 and set(children.status) == {"FINISHED"}
     assert children["metrics.test_acc"].notna().all()
+    assert children["tags.retries"].notna().any(), "no trial was retried after the node loss"

@@ -136,3 +136,32 @@ def test_records_live_under_storage_as_a_folder_or_a_uri(tmp_path, storage):
     record.save()
     assert (tmp_path / "rr" / invocation.RECORDS).is_dir()
     assert invocation.newest(where, "lab1").studies == [("a", {}, {}, {})]
+
+
+def test_a_torn_experiment_state_is_set_aside_for_the_previous_one(tmp_path):
+    from orchestrator.session import _restorable
+
+    exp = tmp_path / "lab1-residual-mlp-1"
+    exp.mkdir()
+    assert not _restorable(str(exp))                      # nothing yet: the study starts over in its folder
+    (exp / "tuner.pkl").write_bytes(b"tuner")
+    assert not _restorable(str(exp))                      # Tune had not written its first state
+    (exp / "experiment_state-2026-01-01_10-00-00.json").write_text('{"trial_data": []}')
+    (exp / "experiment_state-2026-01-01_11-00-00.json").write_text('{"trial_data": [')  # killed mid-copy
+    assert _restorable(str(exp))
+    assert sorted(p.name for p in exp.glob("experiment_state-*")) == [
+        "experiment_state-2026-01-01_10-00-00.json", "experiment_state-2026-01-01_11-00-00.json.torn"]
+
+
+def test_a_study_the_driver_could_not_run_leaves_its_traceback_beside_the_record(tmp_path):
+    from orchestrator.session import _crashed
+    from orchestrator.studies import get_study
+
+    record = invocation.create(str(tmp_path), "lab1", [("resnet", {}, {}, {})], _opts(tmp_path))
+    try:
+        raise ValueError("the source run's checkpoint is unreadable\nsecond line")
+    except ValueError as e:
+        outcome = _crashed(get_study("lab1", "resnet"), e, record)
+    assert outcome.line().startswith("lab1/resnet: study failed (ValueError: the source run's checkpoint is "
+                                     "unreadable second line; details: ")
+    assert "Traceback" in Path(outcome.details).read_text() and not outcome.ok

@@ -84,8 +84,8 @@ def test_verdict_says_where_a_trial_failed_and_why(tmp_path):
     early = {"parent": {"start_time": 0}, "children": [_child("FAILED", {}, str(error), 2), _child("FINISHED", {"val_acc": .1}),
                                                        _child("FAILED", {}, "", 5)]}
     ok, line = smoke.verdict(RESNET, early, SECTION)
-    assert not ok and line == (f"2/3 trials failed, the first before its first report (data, model or first epoch): "
-                               f"OSError: Unable to load weights from checkpoint file (traceback: {error})")
+    assert not ok and line == ("2/3 trials failed, the first before its first report (data, model or first epoch): "
+                               "OSError: Unable to load weights from checkpoint file")
     late = {"parent": {"start_time": 0}, "children": [_child("FAILED", {"val_acc": 0.1, "train_loss": 2.0})]}
     assert "after its first epochs (training loop or final evaluation): (no error file)" in smoke.verdict(RESNET, late, SECTION)[1]
 
@@ -127,5 +127,5 @@ def test_smoke_reports_a_model_that_does_not_load_and_exits_3(full_fixtures, tmp
     assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]
     (line,) = [x for x in done.stdout.splitlines() if "lab3/clip-zeroshot" in x and x.lstrip().startswith("FAILED")]
     assert "2/2 trials failed, the first before its first report (data, model or first epoch)" in line
-    assert "traceback: " in line
+    assert "SafetensorError" in line  # the last line of the trial's traceback
     assert "smoke: 1 of 1 studies failed" in done.stdout
