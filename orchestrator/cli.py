@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import sys
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -383,6 +384,8 @@ def check_store(uri: str, launch: Path, *, must_exist: bool = False, what: str =
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
                 return
+        except urllib.error.HTTPError:  # something answers (a proxy asking for credentials, ...): MLflow's call
+            return
         except (OSError, ValueError) as e:
             raise UsageError(f"{what} {uri}: no MLflow server answers there ({_one_line(str(e), 120)})") from None
     if scheme in ("", "file"):
