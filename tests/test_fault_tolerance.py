@@ -15,6 +15,7 @@ import mlflow
 import pytest
 
 from tests.conftest import LOCAL_RAY, mlflow_uri, run_cli, runs
+from tests.drivers import ATTEMPTS, ray_did_not_start, run_to_end
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -108,21 +109,25 @@ def _first_results_after_restores(trial_folder: Path) -> list[int]:
 
 def test_resume_after_the_driver_was_killed(tmp_path):
     storage = tmp_path / "ray_results"
-    driver = _cli(tmp_path, "first.log", "--num-samples", "4", "--max-concurrent", "2", "--set", "epochs=20",
-                  "batch_size=32")
-    try:
-        # Killed once a trial has finished and another one is half-way, with a checkpoint.
-        deadline = time.time() + 480
-        while time.time() < deadline and driver.poll() is None:
-            finished = _finished_trials(tmp_path)
-            if finished and _interrupted_with_checkpoint(storage, finished):
-                break
-            time.sleep(0.5)
-        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=60)
-    finally:
-        driver.kill()
+    for _ in range(ATTEMPTS):  # started again if its Ray did not come up (tests/drivers.py)
+        driver = _cli(tmp_path, "first.log", "--num-samples", "4", "--max-concurrent", "2", "--set", "epochs=20",
+                      "batch_size=32")
+        try:
+            # Killed once a trial has finished and another one is half-way, with a checkpoint.
+            deadline = time.time() + 480
+            while time.time() < deadline and driver.poll() is None:
+                finished = _finished_trials(tmp_path)
+                if finished and _interrupted_with_checkpoint(storage, finished):
+                    break
+                time.sleep(0.5)
+            if ray_did_not_start(driver, tmp_path / "first.log"):
+                continue
+            assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(timeout=60)
+            break
+        finally:
+            driver.kill()
     before = runs(tmp_path, "lab1")
     finished_before = set(before[before.status == "FINISHED"]["tags.trial_id"].dropna())
     finished_runs_before = set(before[(before.status == "FINISHED") & before["tags.mlflow.parentRunId"].notna()].run_id)
@@ -130,12 +135,8 @@ def test_resume_after_the_driver_was_killed(tmp_path):
     assert finished_before and interrupted, "the kill came too early or too late"
     assert "RUNNING" in set(before.status)  # what the dead driver left behind
 
-    resumed = _cli(tmp_path, "resumed.log", "--resume")
-    try:
-        resumed.wait(timeout=600)
-    finally:
-        resumed.kill()
-    assert resumed.returncode == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+    rc = run_to_end(lambda: _cli(tmp_path, "resumed.log", "--resume"), tmp_path / "resumed.log", timeout=600)
+    assert rc == 0, (tmp_path / "resumed.log").read_text()[-3000:]
     after = runs(tmp_path, "lab1")
     assert "RUNNING" not in set(after.status)
     children = after[after["tags.mlflow.parentRunId"].notna()]

@@ -25,6 +25,7 @@ import mlflow
 import pytest
 
 from tests.conftest import LOCAL_RAY, mlflow_uri, runs
+from tests.drivers import ATTEMPTS, ray_did_not_start, run_to_end
 from tests.faults import FAIL_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,17 +41,15 @@ def _run_py(tmp_path: Path, log: str, *args: str, fail: str = "") -> subprocess.
                             cwd=tmp_path, env=env, stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 900) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    finally:
-        proc.kill()
+def _finish(tmp_path: Path, log: str, *args: str, fail: str = "") -> int:
+    """run.py to its end (started again if its Ray did not come up: tests/drivers.py)."""
+    return run_to_end(lambda: _run_py(tmp_path, log, *args, fail=fail), tmp_path / log)
 
 
 def test_a_failing_study_is_one_line_exit_3_and_the_rest_of_the_lab_runs(tmp_path):
     study = ["--study", "residual-mlp", "--study", "mlp-capacity", "--num-samples", "2", "--max-concurrent", "2",
              "--set", "epochs=2"]
-    rc = _finish(_run_py(tmp_path, "first.log", *study, fail="residual-mlp"))
+    rc = _finish(tmp_path, "first.log", *study, fail="residual-mlp")
     out = (tmp_path / "first.log").read_text()
     assert rc == 3, out[-4000:]
     assert "Traceback" not in out and "Trial task failed" not in out, out[-4000:]
@@ -77,7 +76,7 @@ def test_a_failing_study_is_one_line_exit_3_and_the_rest_of_the_lab_runs(tmp_pat
     assert "2 trials — 2 failed" in failing and "## lab1/mlp-capacity" in report
 
     # Fixed (no more injected failure), --resume retries the failed trials and nothing else.
-    rc = _finish(_run_py(tmp_path, "resumed.log", "--resume"))
+    rc = _finish(tmp_path, "resumed.log", "--resume")
     out = (tmp_path / "resumed.log").read_text()
     assert rc == 0, out[-4000:]
     assert "lab1/mlp-capacity: finished before, every trial; not run again" in out
@@ -105,24 +104,33 @@ RUNNING_REPEATS = ("SELECT COUNT(*) FROM runs r JOIN tags t ON r.run_uuid = t.ru
                    "value = 'repeats')")
 
 
-def _kill_when(proc: subprocess.Popen, db: Path, sql: str, log: Path) -> None:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None and _count(db, sql) < 1:
-        time.sleep(0.5)
-    assert proc.poll() is None, log.read_text()[-3000:]
-    assert _count(db, sql) >= 1, log.read_text()[-3000:]
-    proc.send_signal(signal.SIGKILL)
-    _finish(proc, 60)
+def _kill_when(tmp_path: Path, log: str, args: tuple[str, ...], db: Path, sql: str) -> None:
+    """Starts run.py ARGS and SIGKILLs it once `sql` counts a row (started again if its Ray did not
+    come up: tests/drivers.py)."""
+    for _ in range(ATTEMPTS):
+        proc = _run_py(tmp_path, log, *args)
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and proc.poll() is None and _count(db, sql) < 1:
+                time.sleep(0.5)
+            if ray_did_not_start(proc, tmp_path / log):
+                continue
+            assert proc.poll() is None and _count(db, sql) >= 1, (tmp_path / log).read_text()[-3000:]
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            return
+        finally:
+            proc.kill()
+    raise AssertionError(f"Ray did not start in {ATTEMPTS} attempts: " + (tmp_path / log).read_text()[-3000:])
 
 
 def test_lab_resume_goes_on_with_the_study_then_those_that_never_started_repeats_included(tmp_path):
     db = tmp_path / "mlflow.db"
-    first = _run_py(tmp_path, "first.log", "--study", "mlp-capacity", "--study", "residual-mlp", "--num-samples", "2",
-                    "--max-concurrent", "2", "--repeats", "1", "--set", "epochs=4", "batch_size=16")
-    _kill_when(first, db, FINISHED_SEARCH_TRIALS, tmp_path / "first.log")  # in the first study's search
-    second = _run_py(tmp_path, "second.log", "--resume")
-    _kill_when(second, db, RUNNING_REPEATS, tmp_path / "second.log")       # in a study's --repeats
-    rc = _finish(_run_py(tmp_path, "last.log", "--resume"))
+    lab = ("--study", "mlp-capacity", "--study", "residual-mlp", "--num-samples", "2", "--max-concurrent", "2",
+           "--repeats", "1", "--set", "epochs=4", "batch_size=16")
+    _kill_when(tmp_path, "first.log", lab, db, FINISHED_SEARCH_TRIALS)        # in the first study's search
+    _kill_when(tmp_path, "second.log", ("--resume",), db, RUNNING_REPEATS)    # in a study's --repeats
+    rc = _finish(tmp_path, "last.log", "--resume")
     assert rc == 0, (tmp_path / "last.log").read_text()[-4000:]
 
     df = runs(tmp_path, "lab1")
