@@ -127,6 +127,12 @@ class CheckpointLedger(tune.Callback):
             except Exception as e:  # a trial that cannot be repaired is left to Tune (and its retries)
                 log.warning("could not repair restored trial %s: %s", trial, e, exc_info=True)
 
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # A driver killed after Tune had ended every trial (but before MLflow heard of the last ends)
+        # is resumed into an experiment with nothing left to run: Tune then runs no step at all, so
+        # the repair happens here, before the tracker (the next callback) closes the study.
+        self.on_step_begin(0, trials)
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Starting, retried or restored: it continues from its latest checkpoint, with that history.
         ckpt = trial.checkpoint

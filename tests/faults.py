@@ -7,12 +7,18 @@ a `worker_process_setup_hook` of a test's own Ray, or tests/faults_site/sitecust
 `run.py` subprocess (with that folder first on PYTHONPATH; a local Ray's workers inherit it).
 The failure does not depend on any config value, so no validation added later can turn it into
 bad input.
+
+DLA_TEST_EPOCH_PACE (seconds) paces trials instead: every report of a single-device trial waits that
+long first, so that an epoch lasts at least that long on any machine. Tests whose faults strike at
+moments in time (tests/test_chaos.py) need trials that outlast the faults on a fast machine too.
 """
 from __future__ import annotations
 
 import os
+import time
 
 FAIL_ENV = "DLA_TEST_FAIL_STUDY"
+PACE_ENV = "DLA_TEST_EPOCH_PACE"
 
 
 def install() -> None:
@@ -22,6 +28,15 @@ def install() -> None:
 
     if getattr(execution.run_trial, "injected", False):
         return
+    pace = float(os.environ.get(PACE_ENV) or 0)
+    if pace > 0:
+        report = execution.TuneContext.report
+
+        def paced_report(self, *args, **kwargs):
+            time.sleep(pace)
+            return report(self, *args, **kwargs)
+
+        execution.TuneContext.report = paced_report
     original = execution.run_trial
 
     def run_trial(sampled, spec):

@@ -23,10 +23,10 @@ every archive it downloads; a fixture cannot match those. `skip_md5()` replaces 
 (isfile and md5) by its isfile half in exactly the modules that pass it an md5:
 torchvision.datasets.cifar (`CIFAR10._check_integrity`, `_load_meta`), .svhn (`SVHN._check_integrity`)
 and .utils (`download_url`, after a download). MNIST passes no md5 when it opens files: untouched.
-A trial runs in another process: start Ray with
-`runtime_env={"worker_process_setup_hook": "tests.fixture_data.install_md5_bypass"}` and every worker
-process of the job installs the same bypass before it runs a trial; the driver, whose check_data
-opens the files too, runs inside `with skip_md5():`.
+A trial runs in another process: tests/md5_bypass/sitecustomize.py installs the same bypass
+(`install_md5_bypass`) in every Python process of a `run.py` started with that folder on PYTHONPATH
+and DLA_TEST_SKIP_MD5=1, its Ray workers included (tests/test_full_profile.py); in-process code runs
+inside `with skip_md5():`.
 """
 from __future__ import annotations
 

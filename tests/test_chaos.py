@@ -148,7 +148,12 @@ def test_a_study_survives_its_driver_killed_at_random_moments(tmp_path):
 
 
 # ------------------------------------------------------------------------------ trial and node chaos
-CLUSTER_TRIALS, CLUSTER_EPOCHS, MAX_KILLS, P = 4, 10, 6, 0.6
+# Long enough for several kills on any machine: every epoch lasts at least PACE seconds (tests/faults.py
+# paces the trials' reports), so 4 trials x 16 epochs, 3 at a time, train for >= 32 s however fast the
+# machine (at full speed, CI once finished the study before the killer struck at all). A node removal
+# (and its replacement's start) holds the killer for ~10-20 s, so it is the rarer fault.
+CLUSTER_TRIALS, CLUSTER_EPOCHS, MAX_KILLS, P, P_NODE, PACE = 4, 16, 6, 0.7, 0.35, 1.0
+FAULTS_SITE = REPO / "tests" / "faults_site"
 
 
 def _free_port() -> int:
@@ -176,6 +181,15 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    # The nodes' processes inherit this environment, trial workers included: paced epochs there.
+    with pytest.MonkeyPatch.context() as env:
+        path = [str(FAULTS_SITE), str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env.setenv("PYTHONPATH", os.pathsep.join(path))
+        env.setenv("DLA_TEST_EPOCH_PACE", str(PACE))
+        yield from _cluster(ray, Cluster)
+
+
+def _cluster(ray, Cluster):
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 * 2**20,
                                                       "dashboard_port": _free_port(),
                                                       "dashboard_agent_listen_port": _free_port()})
@@ -198,6 +212,7 @@ class Spy(tune.Callback):
         self.saved: set[str] = set()                       # trials with a registered checkpoint
         self.restarts: list[tuple[str, int, bool, float]] = []  # (trial, iteration, had a checkpoint, when)
         self.last: dict[str, int] = {}                     # trial id -> its last iteration when it completed
+        self.fastest = float("inf")                        # the shortest iteration seen (paced: >= PACE)
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks into tuner.pkl
         return {k: v for k, v in self.__dict__.items() if k != "lock"}
@@ -210,6 +225,7 @@ class Spy(tune.Callback):
         with self.lock:
             self.running[trial.trial_id] = {"pid": result["pid"], "node": result.get("node_id"),
                                             "iteration": result["training_iteration"]}
+            self.fastest = min(self.fastest, result["time_this_iter_s"])
             if result.get("iterations_since_restore") == 1:
                 self.restarts.append((trial.trial_id, result["training_iteration"], trial.trial_id in self.saved,
                                       time.time()))
@@ -234,7 +250,7 @@ class Spy(tune.Callback):
 
 
 def _killer(c, spy: Spy, stop: threading.Event, rng: random.Random, kills: list) -> None:
-    while not stop.wait(rng.uniform(2.0, 4.0)) and len(kills) < MAX_KILLS:
+    while not stop.wait(rng.uniform(1.5, 3.0)) and len(kills) < MAX_KILLS:
         if rng.random() >= P:
             continue
         with spy.lock:  # a trial that has a checkpoint and is not about to finish
@@ -245,7 +261,7 @@ def _killer(c, spy: Spy, stop: threading.Event, rng: random.Random, kills: list)
         trial = rng.choice(sorted(victims))
         victim = victims[trial]
         nodes = [n for n in c.worker_nodes if n.node_id == victim["node"]]
-        if nodes and rng.random() < 0.5:
+        if nodes and rng.random() < P_NODE:
             c.remove_node(nodes[0])  # every trial on it dies with it
             kills.append(("node", trial, time.time()))
             _add_worker(c)           # and a new node joins, as an autoscaler would replace it
@@ -267,13 +283,14 @@ def test_trials_survive_killed_processes_and_lost_nodes(cluster, tmp_path, monke
     try:
         rc = main(["lab1", "--study", "residual-mlp", "--num-samples", str(CLUSTER_TRIALS), "--max-concurrent", "3",
                    "--max-failures", "-1", "--cpus-per-trial", "1", "--gpus-per-trial", "0",
-                   "--set", f"epochs={CLUSTER_EPOCHS}", *SLOW_EPOCHS,
+                   "--set", f"epochs={CLUSTER_EPOCHS}",
                    "--quiet", "--storage", str(tmp_path / "ray_results"), "--mlflow-uri", mlflow_uri(tmp_path)],
                   callbacks=[spy])
     finally:
         stop.set()
         killer.join(timeout=120)
     assert rc == 0, kills
+    assert spy.fastest >= PACE, spy.fastest  # the pacing reached the trials, on every node
     assert len(kills) >= 3, f"only {len(kills)} kills: {kills}"
 
     # Unlimited retries: every trial ran to its last epoch, and is one finished run.

@@ -183,17 +183,3 @@ def test_build_only_some_and_the_command_line(tmp_path, capsys):
         assert len(load_image_data("svhn", tmp_path, CPU).test) == 20
     with pytest.raises(ValueError, match="unknown fixture"):
         fx.build(tmp_path, only={"imagenet"})
-
-
-@pytest.mark.slow
-def test_the_bypass_reaches_ray_worker_processes(data_dir):
-    """A trial runs in a Ray worker process: the runtime env's setup hook installs the bypass there."""
-    import ray
-
-    ray.init(address="local", num_cpus=1, object_store_memory=100 * 2**20, log_to_driver=False,
-             runtime_env={"worker_process_setup_hook": "tests.fixture_data.install_md5_bypass"})
-    try:
-        found = ray.get(ray.remote(lambda d: has_dataset("cifar10", d)).remote(data_dir))
-    finally:
-        ray.shutdown()
-    assert found and not has_dataset("cifar10", data_dir)  # there, not here

@@ -124,6 +124,16 @@ def _kill_when(tmp_path: Path, log: str, args: tuple[str, ...], db: Path, sql: s
     raise AssertionError(f"Ray did not start in {ATTEMPTS} attempts: " + (tmp_path / log).read_text()[-3000:])
 
 
+def _explain(tmp_path: Path, study: str, children) -> str:
+    """What a failed count needs to be understood: each child's status and how it ended, the drivers' lines."""
+    cols = [c for c in ("run_id", "status", "tags.status", "tags.trial_id", "tags.killed_by", "tags.resumed_from")
+            if c in children]
+    logs = "\n".join(f"--- {name}\n" + "\n".join(x for x in (tmp_path / name).read_text().splitlines()
+                                                 if x.startswith("==") or "rror" in x)[-2500:]
+                     for name in ("first.log", "second.log", "last.log") if (tmp_path / name).exists())
+    return f"{study}:\n{children[cols].to_string()}\n{logs}"
+
+
 def test_lab_resume_goes_on_with_the_study_then_those_that_never_started_repeats_included(tmp_path):
     db = tmp_path / "mlflow.db"
     lab = ("--study", "mlp-capacity", "--study", "residual-mlp", "--num-samples", "2", "--max-concurrent", "2",
@@ -144,9 +154,9 @@ def test_lab_resume_goes_on_with_the_study_then_those_that_never_started_repeats
         assert len(search) == 1 and len(repeats) == 1, (study, mine[["run_id", "tags.kind", "status"]])
         assert set(mine.status) == {"FINISHED"}
         for parent, expected in ((search, 2), (repeats, int(repeats["params.configs"].iloc[0]))):
-            done = children[(children["tags.mlflow.parentRunId"] == parent.run_id.iloc[0])
-                            & (children.status == "FINISHED")]
-            assert len(done) == expected and done["tags.trial_id"].is_unique, (study, done)
+            mine_children = children[children["tags.mlflow.parentRunId"] == parent.run_id.iloc[0]]
+            done = mine_children[mine_children.status == "FINISHED"]
+            assert len(done) == expected and done["tags.trial_id"].is_unique, _explain(tmp_path, study, mine_children)
         assert repeats["tags.repeats_of"].iloc[0] == search.run_id.iloc[0]
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## lab1/mlp-capacity" in report and "## lab1/residual-mlp" in report and "mean ± std" in report

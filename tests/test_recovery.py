@@ -165,3 +165,35 @@ def test_a_study_the_driver_could_not_run_leaves_its_traceback_beside_the_record
     assert outcome.line().startswith("lab1/resnet: study failed (ValueError: the source run's checkpoint is "
                                      "unreadable second line; details: ")
     assert "Traceback" in Path(outcome.details).read_text() and not outcome.ok
+
+
+class _Tracker:
+    """What CheckpointLedger asks of the resumed study's tracker."""
+
+    def __init__(self, killed_before: dict[str, str]) -> None:
+        self.killed_before, self.restored, self.calls = killed_before, {}, []
+
+    def on_trial_start(self, iteration, trials, trial):
+        self.calls.append(("start", trial.trial_id))
+
+    def on_trial_complete(self, iteration, trials, trial):
+        self.calls.append(("complete", trial.trial_id))
+
+
+def test_trials_tune_ended_before_the_kill_are_finished_in_mlflow_when_nothing_is_left_to_run():
+    """The driver died after Tune ended every trial but before MLflow logged the last end: the resumed
+    experiment runs no step (Tune calls no on_step_begin), so the repair comes with its end."""
+    from types import SimpleNamespace
+
+    from orchestrator.recovery import CheckpointLedger
+    from ray.tune.experiment import Trial
+
+    last = {"training_iteration": 4, "val_acc": 0.9, "final": True}
+    trial = SimpleNamespace(trial_id="b3525674", status=Trial.TERMINATED, checkpoint=None, last_result=last)
+    tracker = _Tracker({"b3525674": "run-left-running"})
+    ledger = CheckpointLedger(tracker)
+    ledger.on_experiment_end(trials=[trial])
+    assert tracker.calls == [("start", "b3525674"), ("complete", "b3525674")]
+    assert tracker.restored["b3525674"] == [last]
+    ledger.on_experiment_end(trials=[trial])  # once only
+    assert len(tracker.calls) == 2

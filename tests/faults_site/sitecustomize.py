@@ -1,7 +1,7 @@
 """tests/faults.py's injected failures in every Python process of a `run.py` under test: Python
 imports `sitecustomize` at start-up from the first folder on its path that has one. Installed when
 `orchestrator.execution` is first imported (Ray's other processes never import it); without
-DLA_TEST_FAIL_STUDY this file does nothing."""
+DLA_TEST_FAIL_STUDY or DLA_TEST_EPOCH_PACE this file does nothing."""
 from __future__ import annotations
 
 import importlib.abc
@@ -33,5 +33,5 @@ class _InstallAfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-if os.environ.get("DLA_TEST_FAIL_STUDY"):
+if os.environ.get("DLA_TEST_FAIL_STUDY") or os.environ.get("DLA_TEST_EPOCH_PACE"):
     sys.meta_path.insert(0, _InstallAfterImport())
