@@ -22,7 +22,8 @@ def test_strings_are_coerced_to_declared_types():
 
 @pytest.mark.parametrize("values, key", [
     ({"dpeth": 3}, "dpeth"),
-    ({"depth": 0}, "depth"),
+    ({"depth": -1}, "depth"),
+    ({"model": "cnn", "depth": 0}, "depth"),  # depth 0 (one hidden layer) is the MLP's only
     ({"depth": "two"}, "depth"),
     ({"depth": 2.5}, "depth"),
     ({"lr": 0}, "lr"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from trainables.config import ConfigError, from_dict
 from trainables.lab1.classifier import Lab1Config, build_model
 from trainables.models import MLP, ConvBlock, MLPBlock, cnn
 
@@ -71,3 +72,20 @@ def test_resnet18_has_cifar_stem():
     assert conv.kernel_size == (3, 3) and conv.stride == (1, 1)
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
     assert net.feature_maps(torch.rand(1, 3, 32, 32)).shape == (1, 512, 4, 4)
+
+
+def test_depth_zero_mlp_is_one_hidden_layer_and_conv_nets_refuse_it():
+    """The lab's one-hidden-layer MLP: depth=0 is Linear(in, width), ReLU, Linear(width, classes)."""
+    net = build_model(Lab1Config(model="mlp", depth=0, width=3), (1, 8, 8), 10, (0.5,), (0.25,))
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(64, 3), (3, 10)]
+    assert net(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    for model in ("cnn", "resnet18"):  # a conv stage needs at least one block
+        with pytest.raises(ConfigError, match=r"^depth: must be >= 1, got 0$"):
+            Lab1Config(model=model, depth=0)
+        with pytest.raises(ConfigError, match=r"^depth: "):
+            from_dict(Lab1Config, {"model": model, "depth": "0"})
+    with pytest.raises(ConfigError, match=r"^depth: must be >= 0 \(0 = one hidden layer, MLP only\), got -1$"):
+        Lab1Config(model="mlp", depth=-1)
+    with pytest.raises(ValueError, match="^depth: "):
+        cnn(1, 10, 8, 0, False, (0.5,), (0.25,))

@@ -42,7 +42,10 @@ class MLPBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """Flatten -> Linear(in, width) -> `depth` MLPBlocks -> Linear(width, classes)."""
+    """Flatten -> Linear(in, width) -> ReLU -> `depth` MLPBlocks -> Linear(width, classes).
+
+    `width` is the number of hidden units; `depth` counts the blocks after the first hidden layer, so
+    depth=0 is the one-hidden-layer MLP (2 Linear layers) and each block adds 2 Linear layers."""
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, width: int, depth: int, residual: bool,
                  mean: Sequence[float], std: Sequence[float]) -> None:
@@ -113,7 +116,10 @@ class ConvNet(nn.Module):
 
 def cnn(in_channels: int, num_classes: int, width: int, depth: int, residual: bool,
         mean: Sequence[float], std: Sequence[float], num_stages: int = 3) -> ConvNet:
-    """`num_stages` stages of `depth` ConvBlocks; width doubles and resolution halves per stage."""
+    """`num_stages` stages of `depth` ConvBlocks; width doubles and resolution halves per stage.
+    `depth` >= 1: the first block of a stage is the one that halves the resolution."""
+    if depth < 1:
+        raise ValueError(f"depth: must be >= 1 for a CNN (blocks per stage), got {depth}")
     stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
     stages, cin = [], width
     for s in range(num_stages):
@@ -142,8 +148,8 @@ class Architecture(Protocol):
     """The architecture fields of a config (trainables.recipe.ImageRecipe: Lab 1, Lab 4, a source CNN)."""
 
     model: str       # "mlp" | "cnn" | "resnet18"
-    width: int
-    depth: int
+    width: int       # MLP hidden units; CNN channels of the first stage
+    depth: int       # MLP blocks after the first hidden layer (0 = one hidden layer); CNN blocks per stage (>= 1)
     residual: bool
     num_stages: int
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .config import BOUNDS, Config, bounded, bounds_of
+from .config import BOUNDS, Config, bounded, bounds_of, check
 from .context import Context
 from .data import Dataset, ImageData, load_image_data
 
@@ -53,13 +53,24 @@ class ImageRecipe(TrainingRecipe):
     """The recipe plus the network it trains (`models.build_model`)."""
 
     model: Model = "mlp"
-    depth: int = bounded(2, ge=1)                    # MLP: residual blocks (2 Linear each); CNN: blocks per stage
+    # MLP: blocks (2 Linear each) after the first hidden layer, 0 = one hidden layer; CNN: blocks per stage (>= 1)
+    depth: int = bounded(2, ge=0, note="0 = one hidden layer, MLP only")
     width: int = bounded(64, ge=1)                   # MLP hidden units; CNN channels of the first stage
     residual: bool = False                           # identity skip in every block (the only difference)
     num_stages: int = bounded(3, ge=1)               # CNN stages (width doubles, resolution halves)
     # torch.compile the training net (any device; costs tens of seconds up front). Not in TrainingRecipe:
     # the transfer target's partly frozen net is never compiled.
     compile: bool = False
+
+    def check(self) -> None:
+        super().check()
+        check_depth(self.model, self.depth, "depth")
+
+
+def check_depth(model: str, depth: int, key: str) -> None:
+    """Depth 0 (no block after the first hidden layer) exists for the MLP only: a conv net's stage
+    needs at least one block. Raises ConfigError('key: ...'), worded like a range error."""
+    check(depth >= 1 or model == "mlp", key, f"must be >= 1, got {depth}")
 
 
 def recipe_field(name: str, default: Any) -> Any:

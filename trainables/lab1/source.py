@@ -21,7 +21,7 @@ from ..config import Config, ConfigError, check, field_names, from_dict
 from ..context import Context, LocalContext
 from ..data import STATS, Dataset
 from ..models import ConvNet, build_model
-from ..recipe import Optimizer, recipe_field
+from ..recipe import Optimizer, check_depth, recipe_field
 from .classifier import Lab1Config
 from .classifier import train as train_lab1
 
@@ -59,6 +59,7 @@ class SourceFields(Config):
         super().check()
         check(self.source_run == "" or self.source_run.strip() == self.source_run, "source_run",
               "must be a run id without spaces")
+        check_depth(self.source_model, self.source_depth, "source_depth")
 
 
 _WHERE = ("source_run", "source_checkpoint", "source_cache")  # the SourceFields that are not the recipe's
