@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> Verdict:
 
     torch.set_num_threads(1)  # what a 1-CPU trial gets (Ray sets OMP_NUM_THREADS)
     study = get_study(*STUDY)
-    trials = 3 if args.quick else study.profiles["quick"].trials
+    trials = 3 if args.quick else study.trials("quick")
     folder = Path(tempfile.mkdtemp(prefix="dla-bench-logging-"))
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     from orchestrator.tracking import init_store

@@ -458,11 +458,22 @@ def cmd_list() -> None:
         print(lab)
         for s in registry.studies_of(lab):
             print(f"  {s.name}: {s.question}")
-            print(f"    target: {s.mode} {s.metric}; early stopping: {'ASHA' if s.early_stopping else 'none'}; "
-                  f"trials: {', '.join(f'{k} {s.profiles[k].trials}' for k in PROFILES)}; "
-                  f"GPUs per trial: {s.gpus_per_trial:g}")
+            asha = ("ASHA within each cell" if s.cells else "ASHA") if s.early_stopping else "none"
+            print(f"    target: {s.mode} {s.metric}; early stopping: {asha}; GPUs per trial: {s.gpus_per_trial:g}")
+            print(f"    {_describe_cells(s)}")
             for param, dist in registry.describe_space(s.space).items():
                 print(f"    {param}: {dist}")
+
+
+def _describe_cells(s: Study) -> str:
+    """`compares depth x residual: 12 cells; trials: quick 12 x 2 = 24, full 12 x 2 = 24`."""
+    budgets = []
+    for k in PROFILES:
+        cells, per_cell = s.trials(k) // s.profiles[k].per_cell, s.profiles[k].per_cell
+        budgets.append(f"{k} {cells} x {per_cell} = {cells * per_cell}")
+    compared = (f"compares {' x '.join(s.factors)}: {len(s.cells)} cells" if s.cells
+                else "compares nothing inside the study: 1 cell")
+    return f"{compared}; trials (cells x per cell): {', '.join(budgets)}"
 
 
 def cmd_prefetch(lab: str, data_dir: Path) -> None:

@@ -105,3 +105,26 @@ def best_of_groups(rows: Iterable[R], group: Callable[[R], tuple[Hashable, ...]]
 def _check(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def expand_metrics(names: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """A study's table columns with each `prefix/*` replaced by every `prefix/...` metric the rows
+    have, in numeric order of the suffix where it is a number (`acc_eps/*`: one column per eps of
+    the profile's grid, whichever grid that is)."""
+    rows = list(rows)
+    out: list[str] = []
+    for name in names:
+        if not name.endswith("/*"):
+            out.append(name)
+            continue
+        prefix = name[:-1]
+        found = {k for r in rows for k in r.get("metrics", {}) if k.startswith(prefix)}
+        out += sorted(found, key=lambda k: (_number(k[len(prefix):]), k))
+    return out
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.inf

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .ranking import best_of_groups, rank, trial_score
-from .studies import Study
-from .tracking import download_figures, log_report, read_invocation, read_repeats
+from .ranking import best_of_groups, expand_metrics, rank, trial_score
+from . import lab_tables
+from .studies import LabTable, Study, get_study, tables_of
+from .tracking import download_figures, log_report, read_invocation, read_invocations, read_repeats
+from .verdicts import judge, mean_interval
 
 
 @dataclass
@@ -43,17 +45,22 @@ def _scored(study: Study, runs: list[dict]) -> list[dict]:
     return rank([r for r in runs if r["status"] == "FINISHED"], study.metric, study.mode)
 
 
-def _headers(study: Study) -> list[str]:
+def _metrics(study: Study, runs: list[dict]) -> list[str]:
+    """The report metrics, each `prefix/*` expanded to the runs' metrics of that prefix."""
+    return expand_metrics(study.report_metrics, runs)
+
+
+def _headers(study: Study, metrics: Sequence[str]) -> list[str]:
     """The report metrics; the target is shown as its best epoch's value (`best <metric>`)."""
-    return [f"best {m}" if m == study.metric else m for m in study.report_metrics]
+    return [f"best {m}" if m == study.metric else m for m in metrics]
 
 
-def _values(study: Study, run: dict) -> list[str]:
+def _values(study: Study, run: dict, metrics: Sequence[str]) -> list[str]:
     def value(m: str) -> Any:
         v = trial_score(run, m) if m == study.metric else run["metrics"].get(m)
         return float("nan") if v is None else v
 
-    return [_fmt(value(m)) for m in study.report_metrics]
+    return [_fmt(value(m)) for m in metrics]
 
 
 def _name(run: dict) -> str:
@@ -63,43 +70,59 @@ def _name(run: dict) -> str:
 
 def comparison_table(study: Study, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     """One row per combination of `study.report_by` (its best finished trial), or the ten best trials."""
+    metrics = _metrics(study, runs)
     if study.report_by:
         groups = best_of_groups([r for r in runs if r["status"] == "FINISHED"], lambda r: _key(r, study.report_by),
                                 study.metric, study.mode)
-        headers = [*study.report_by, "trials", "best run", *_headers(study)]
-        rows = [[*map(_fmt, k), str(n), _name(r), *_values(study, r)] for k, r, n in groups]
+        headers = [*study.report_by, "trials", "best run", *_headers(study, metrics)]
+        rows = [[*map(_fmt, k), str(n), _name(r), *_values(study, r, metrics)] for k, r, n in groups]
         return headers, rows
     scored = _scored(study, runs)
     names = sorted({n for r in scored for n in r["sampled"]})
-    headers = [*names, "run", *_headers(study)]
-    rows = [[*(_fmt(r["sampled"].get(n, "-")) for n in names), _name(r), *_values(study, r)] for r in scored[:10]]
+    headers = [*names, "run", *_headers(study, metrics)]
+    rows = [[*(_fmt(r["sampled"].get(n, "-")) for n in names), _name(r), *_values(study, r, metrics)]
+            for r in scored[:10]]
     return headers, rows
 
 
 def best_configs(study: Study, runs: list[dict], k: int = 3) -> tuple[list[str], list[list[str]]]:
     """The k best trials: rank, run name, sampled config, metrics, full run id (as the UI shows them)."""
+    metrics = _metrics(study, runs)
     rows = [[str(i + 1), _name(r), ", ".join(f"{n}={_fmt(v)}" for n, v in sorted(r["sampled"].items())),
-             *_values(study, r), f"`{r['run_id']}`"]
+             *_values(study, r, metrics), f"`{r['run_id']}`"]
             for i, r in enumerate(_scored(study, runs)[:k])]
-    return ["rank", "run", "config", *_headers(study), "run id"], rows
+    return ["rank", "run", "config", *_headers(study, metrics), "run id"], rows
 
 
 def repeats_table(study: Study, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """mean ± std over seeds of each re-run configuration."""
+    """mean ± std over seeds of each re-run configuration, and the 95% interval of the target's mean."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
+    metrics = _metrics(study, runs)
     for r in runs:
         if r["status"] == "FINISHED":
             groups[tuple(sorted((k, _fmt(v)) for k, v in r["sampled"].items() if k != "seed"))].append(r)
     rows = []
     for key, members in sorted(groups.items()):
-        cells = []
-        for m in study.report_metrics:
+        interval = mean_interval([v for v in (trial_score(r, study.metric) for r in members) if v is not None])
+        cells = [f"[{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "-"]
+        for m in metrics:
             scores = [trial_score(r, m) if m == study.metric else r["metrics"].get(m) for r in members]
             values = [v for v in scores if v is not None]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.fmean(values):.4f} ± {sd:.4f}" if values else "-")
         rows.append([", ".join(f"{k}={v}" for k, v in key) or "(fixed)", str(len(members)), *cells])
-    return ["config", "seeds", *(f"{m} (mean ± std)" for m in _headers(study))], rows
+    return (["config", "seeds", f"best {study.metric} 95% interval",
+             *(f"{m} (mean ± std)" for m in _headers(study, metrics))], rows)
+
+
+def verdict_lines(study: Study, runs: list[dict], repeats: list[dict] | None) -> list[str]:
+    """Each finding of the study judged on the --repeats runs (one per seed of each cell's selected
+    configuration); without repeats, on each cell's best search trial, which gives a point estimate
+    but no interval (inconclusive, and the line says to run --repeats)."""
+    if repeats is None:
+        runs = [r for _, r, _ in best_of_groups([r for r in runs if r["status"] == "FINISHED"],
+                                                lambda r: _key(r, study.report_by), study.metric, study.mode)]
+    return [f"{f.claim}: {judge(f, repeats if repeats is not None else runs).line()}" for f in study.findings]
 
 
 def study_section(uri: str, study: Study, out: Path, parent_id: str | None = None) -> tuple[Section, str | None]:
@@ -127,6 +150,9 @@ def study_section(uri: str, study: Study, out: Path, parent_id: str | None = Non
         section.blocks.append(("p", f"Re-run with several seeds (parent run {_name(repeats['parent'])} "
                                     f"`{repeats['parent']['run_id']}`):"))
         section.blocks.append(("table", *repeats_table(study, repeats["children"])))
+    if study.findings:
+        lines = verdict_lines(study, runs, repeats["children"] if repeats is not None else None)
+        section.blocks.append(("p", "Findings: " + " ".join(f"({i}) {line}." for i, line in enumerate(lines, 1))))
     if study.references:
         note = "" if profile == "full" else " (they apply to the full profile; this run used the quick one)"
         section.blocks.append(("p", f"Reference numbers from the lab{note}: {study.references}"))
@@ -137,6 +163,18 @@ def study_section(uri: str, study: Study, out: Path, parent_id: str | None = Non
     for path in figures:
         section.blocks.append(("img", path, f"{path.parent.name if path.parent.name == 'best' else 'study'}: {path.stem}"))
     return section, parent["run_id"]
+
+
+def table_section(uri: str, lab: str, table: LabTable) -> Section:
+    """A table across the lab's studies (orchestrator.lab_tables), from their newest invocations."""
+    studies = [get_study(lab, name) for name in table.studies]
+    if table.kind == "winners":
+        built = lab_tables.winners(table, [(s, read_invocation(uri, lab, s.name)) for s in studies])
+    else:
+        built = lab_tables.scores(table, studies[0], read_invocations(uri, lab, studies[0].name))
+    section = Section(table.title)
+    section.blocks.append(("table", *built) if built[1] else ("p", "Not run yet."))
+    return section
 
 
 def _markdown(title: str, sections: list[Section], out: Path) -> str:
@@ -189,6 +227,8 @@ def build_report(uri: str, lab: str, studies: Sequence[Study], out: Path,
         sections.append(section)
         if pid:
             parents.append(pid)
+    chosen = {s.name for s in studies}
+    sections += [table_section(uri, lab, t) for t in tables_of(lab) if set(t.studies) & chosen]
     title = f"{lab} report ({time.strftime('%Y-%m-%d %H:%M')})"
     (out / "report.md").write_text(_markdown(title, sections, out))
     (out / "report.html").write_text(_html(title, sections))

@@ -214,6 +214,11 @@ class FixedPoints(Searcher):
             self.points = pickle.load(f)
 
 
+def repeat_seeds(search_seed: int, k: int) -> list[int]:
+    """K seeds, none the search's (each varies initialisation, batch order and the validation split)."""
+    return [(search_seed + 1 + i) % 2**32 for i in range(k)]
+
+
 def repeat_points(study: Study, rows: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
     """The best sampled config of each `study.report_by` group (or the best overall), once per seed."""
     chosen: dict[tuple, dict[str, Any]] = {}
@@ -289,6 +294,15 @@ def _fit(label: str, study: Study, tracker: MlflowTracker, tuner: tune.Tuner, le
 
 
 # ------------------------------------------------------------------------------ one study
+def _warn_of_gaps(study: Study, pins: Mapping[str, Any], num_samples: int, profile: str) -> None:
+    """One line when the budget leaves compared cells without a trial (the comparison has gaps)."""
+    cells = study.cells_for(pins)
+    if num_samples < len(cells):
+        factors = " x ".join(f for f in study.factors if f not in pins)
+        print(f"== {study.key}: {num_samples} trials cover {num_samples} of its {len(cells)} cells ({factors}); "
+              f"the comparison will have gaps (the {profile} default is {study.trials(profile, pins)})", flush=True)
+
+
 def _new_search(p: Planned, opts: RunOptions, record: Invocation, progress: Progress, *, ray_mode: str,
                 gpus: float, callbacks: Sequence[Any]) -> tuple[Outcome, MlflowTracker]:
     study, storage = p.study, opts.storage
@@ -302,7 +316,8 @@ def _new_search(p: Planned, opts: RunOptions, record: Invocation, progress: Prog
                      workers=opts.workers_per_trial, backend=p.run_keys.get("train_backend", "auto"),
                      cpus_per_worker=opts.cpus_per_trial, gpus_per_worker=gpus, storage=storage,
                      max_failures=opts.max_failures)
-    num_samples = opts.num_samples or study.profiles[opts.profile].trials
+    num_samples = opts.num_samples or study.trials(opts.profile, p.pins)
+    _warn_of_gaps(study, p.pins, num_samples, opts.profile)
     tune_opts = TuneOptions(num_samples=num_samples, max_concurrent=opts.max_concurrent, seed=opts.seed,
                             storage=storage, name=name, cpus_per_trial=opts.cpus_per_trial, gpus_per_trial=gpus,
                             verbose=0 if opts.quiet else 1)
@@ -325,7 +340,9 @@ def _new_repeats(study: Study, search: str, parent: MlflowTracker, k: int, recor
     """Re-runs the search's best configurations with k seeds, as a second invocation (tag
     repeats_of = the search's parent run); the report shows mean ± std."""
     state = load_state(search)
-    points = repeat_points(study, parent.rows(), [state.opts.seed + i for i in range(k)])
+    # Seeds other than the search's: the selected configuration was chosen for how it did with the
+    # search seed, so re-running that seed would put the winner of the selection into the mean.
+    points = repeat_points(study, parent.rows(), repeat_seeds(state.opts.seed, k))
     if not points:
         return Outcome(f"{study.key} repeats")
     name = f"{state.opts.name}-repeats"

@@ -8,13 +8,13 @@ import pkgutil
 from functools import cache
 from typing import TYPE_CHECKING, Any, Callable
 
-from .study import PROFILES, Profile, SourceModel, Study
+from .study import PROFILES, LabTable, Profile, SourceModel, Study
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["PROFILES", "Profile", "SourceModel", "Study", "all_studies", "describe_space", "get_study", "labs",
-           "studies_of"]
+__all__ = ["PROFILES", "LabTable", "Profile", "SourceModel", "Study", "all_studies", "describe_space", "get_study",
+           "labs", "studies_of", "tables_of"]
 
 
 # Catalogs are imported per lab, on first use: a trial process then imports only its own lab's
@@ -32,6 +32,12 @@ def studies_of(lab: str) -> list[Study]:
     if lab not in labs():
         raise KeyError(f"unknown lab {lab!r} (known: {', '.join(labs())})")
     return list(importlib.import_module(f"{__package__}.catalog.{lab}").STUDIES)
+
+
+def tables_of(lab: str) -> list[LabTable]:
+    """The lab's TABLES across its studies (none when the catalog declares none)."""
+    studies_of(lab)  # the lab exists
+    return list(getattr(importlib.import_module(f"{__package__}.catalog.{lab}"), "TABLES", ()))
 
 
 def all_studies() -> list[Study]:

@@ -1,20 +1,86 @@
 """The records a catalog declares (orchestrator/catalog/<lab>.py): a Study, one Profile per scale,
-and the SourceModel a study starts from. Keyword data only; the registry that finds every lab's
+the SourceModel a study starts from, the Findings it expects (judged by orchestrator.verdicts) and
+the LabTables across studies. Keyword data only; the registry that finds every lab's
 studies is orchestrator.studies (which re-exports these), the source is resolved by orchestrator.sources.
 
 A Study names its trainable, its config class, its define-by-run search space, the metric it
-optimises, and one Profile per scale (base config, default trials, datasets). `quick` runs offline
+optimises, and one Profile per scale (base config, trials per cell, datasets). `quick` runs offline
 on bundled data in minutes on a 2-core CPU; `full` is the lab's real data and scale.
+
+A study answers a comparative question, so it declares what it compares and what it tunes: its
+`cells` are the combinations of the compared factors (`grid(depth=..., residual=...)`, or a list
+where a factor only exists for some values of another); every other parameter of its space is a
+nuisance parameter, tuned inside each cell. Each cell gets `per_cell` trials of the profile (the
+search enqueues them, orchestrator.tuning), so the comparison has no empty cell.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 if TYPE_CHECKING:
     import optuna
 
 PROFILES = ("quick", "full")
+
+Cell = Mapping[str, Any]  # one combination of the compared factors, e.g. {"depth": 32, "residual": True}
+
+
+# ---------------------------------------------------------------- findings (judged by orchestrator.verdicts)
+DEEPEST, SHALLOWEST = "max", "min"
+
+
+def same(value: Any, level: Any) -> bool:
+    """Equality for factor values, where a bool matches only a bool (see the module docstring)."""
+    if isinstance(value, bool) or isinstance(level, bool):
+        return isinstance(value, bool) and isinstance(level, bool) and value is level
+    return value == level
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finding:
+    """What the lab expects, as data: `treatment` beats `control` on `metric` by more than `margin`."""
+    claim: str
+    metric: str
+    factor: str
+    treatment: Any
+    control: Any
+    at: Mapping[str, Any] = field(default_factory=dict)
+    labels: tuple[str, str] = ()
+    margin: float = 0.0
+    mode: str = "max"
+
+    def __post_init__(self) -> None:
+        for name in ("claim", "metric", "factor"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ValueError(f"Finding.{name} must be a non-empty string")
+        if same(self.treatment, self.control):
+            raise ValueError(f"Finding.treatment and Finding.control are the same level: {self.treatment!r}")
+        if self.factor in self.at:
+            raise ValueError(f"Finding.at must not fix the compared factor {self.factor!r}")
+        if len(self.labels) not in (0, 2) or not all(isinstance(s, str) and s for s in self.labels):
+            raise ValueError(f"Finding.labels must be () or two non-empty strings, got {self.labels!r}")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not math.isfinite(self.margin):
+            raise ValueError(f"Finding.margin must be a finite number, got {self.margin!r}")
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"Finding.mode must be one of ('max', 'min'), got {self.mode!r}")
+
+    def names(self) -> tuple[str, str]:
+        """Display names of (treatment, control): `labels`, else `factor=level`."""
+        return self.labels or (f"{self.factor}={self.treatment}", f"{self.factor}={self.control}")
+
+
+def grid(**factors: Sequence[Any]) -> tuple[dict[str, Any], ...]:
+    """Every combination of the factors' values, the first factor varying slowest."""
+    names = list(factors)
+    return tuple(dict(zip(names, values)) for values in itertools.product(*factors.values()))
+
+
+def cell_key(cell: Cell, factors: Sequence[str]) -> tuple[str, ...]:
+    """A cell (or a trial's config) as a hashable key over `factors`; repr() so that 1 and True differ."""
+    return tuple(repr(cell.get(f)) for f in factors)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,7 +88,7 @@ class Profile:
     """One scale of a study: `quick` (offline, bundled data, minutes on a 2-core CPU) or `full`."""
 
     base: Mapping[str, Any]                        # the config values (fields of the study's config_cls)
-    trials: int                                    # default number of trials (`--num-samples`)
+    per_cell: int                                  # trials per cell (the default `--num-samples` is cells x this)
     datasets: tuple[str, ...] = ()                 # assets `run.py prefetch` fetches into --data-dir (pre-flight
                                                    # checks what each resolved config reads: orchestrator.preflight)
     # A base value the study's space also samples is a choice the space would override. Each such key
@@ -62,12 +128,15 @@ class Study:
     grace_period: int = 2                          # epochs before ASHA may stop a trial
     gpus_per_trial: float = 1.0                    # default packing on GPU machines
     compare: Callable[[list[dict]], Any] | None = None  # parent-run figure from the trial rows
+    cells: tuple[Cell, ...] = ()                   # the compared factors' combinations (module docstring)
     source: SourceModel | None = None              # a trained model to start from, found before the study
     # The report's comparison table: one row per combination of these sampled params (best trial
     # of each), with these metrics; `references`: the lab's published numbers, shown for `full`.
+    # With cells, report_by is their factors (it may be left out).
     report_by: tuple[str, ...] = ()
     report_metrics: tuple[str, ...] = ("val_acc", "test_acc")
     references: str = ""
+    findings: tuple[Finding, ...] = ()             # the lab's expected findings, judged by the report
 
     def __post_init__(self) -> None:
         if set(self.profiles) != set(PROFILES):
@@ -79,6 +148,18 @@ class Study:
             if not declared <= set(profile.base) or set(profile.pinned) & set(profile.searched):
                 raise ValueError(f"study {self.key}, profile {name}: pinned and searched must be distinct keys "
                                  f"of its base, got pinned={profile.pinned}, searched={profile.searched}")
+            if profile.per_cell < 1:
+                raise ValueError(f"study {self.key}, profile {name}: per_cell must be >= 1, got {profile.per_cell}")
+        if self.cells:
+            if self.report_by and tuple(self.report_by) != self.factors:
+                raise ValueError(f"study {self.key}: report_by {self.report_by} is not its cells' factors {self.factors}")
+            object.__setattr__(self, "report_by", self.factors)
+            if len({cell_key(c, self.factors) for c in self.cells}) != len(self.cells):
+                raise ValueError(f"study {self.key}: a cell is listed twice")
+        for finding in self.findings:
+            if finding.factor not in self.factors or not set(finding.at) <= set(self.factors):
+                raise ValueError(f"study {self.key}: finding {finding.claim!r} is not about its compared factors "
+                                 f"{self.factors}")
 
     @property
     def key(self) -> str:
@@ -86,3 +167,41 @@ class Study:
 
     def base_config(self, profile: str) -> dict[str, Any]:
         return dict(self.profiles[profile].base)
+
+    @property
+    def factors(self) -> tuple[str, ...]:
+        """The compared factors: every key of a cell, in first-seen order."""
+        return tuple(dict.fromkeys(k for cell in self.cells for k in cell))
+
+    def cells_for(self, pins: Mapping[str, Any] = {}) -> tuple[dict[str, Any], ...]:
+        """The cells left once `pins` (`--set`) fix some factors: those factors leave the cells (a
+        pinned depth compares residual at that depth). A study without cells has one, empty."""
+        kept = [f for f in self.factors if f not in pins]
+        cells = {cell_key(c, kept): {f: c[f] for f in kept if f in c} for c in self.cells}
+        return tuple(c for c in cells.values() if c) or ({},)
+
+    def trials(self, profile: str, pins: Mapping[str, Any] = {}) -> int:
+        """The default budget: `per_cell` trials for each cell left after the pins (`--set` ones and
+        the profile's `pinned`)."""
+        chosen = self.profiles[profile]
+        return len(self.cells_for({**{k: chosen.base[k] for k in chosen.pinned}, **pins})) * chosen.per_cell
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabTable:
+    """A table across studies of one lab (a catalog's TABLES), built by the report from each study's
+    latest invocation: `winners`, one row per study (its selected trial's metrics: Lab 3's frozen /
+    fine-tune / LoRA side by side); `scores`, one row per (`by` value, score) of one study's
+    winners, with `measures` of each `<measure>/<score>` metric (Lab 4's scores x OOD sets)."""
+
+    title: str
+    kind: str                                      # "winners" | "scores"
+    studies: tuple[str, ...]
+    metrics: tuple[str, ...] = ()                  # winners: the columns
+    scores: tuple[str, ...] = ()                   # scores: the rows' scores
+    measures: tuple[str, ...] = ()                 # scores: the columns
+    by: str = ""                                   # scores: the param that tells invocations apart (ood_set)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("winners", "scores") or not self.studies:
+            raise ValueError(f"table {self.title!r}: kind must be winners or scores, with studies")

@@ -1,5 +1,6 @@
 """Ray connection and the Tune study: OptunaSearch (TPE, seeded) over the study's define-by-run
-space, ASHA where the study asks for it, per-trial resources, a checkpoint per epoch."""
+space with every cell of the compared factors enqueued, ASHA within each cell where the study asks
+for it, per-trial resources, a checkpoint per epoch."""
 from __future__ import annotations
 
 import os
@@ -10,12 +11,12 @@ from typing import Any, Callable, Mapping
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from .execution import TrialSpec, run_trial
-from .study import Study
+from .study import Study, cell_key
 
 
 def _live_cluster_address() -> str | None:
@@ -138,14 +139,67 @@ def tpe_sampler(seed: int, num_samples: int) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, num_samples // 3)))
 
 
+def cell_points(study: Study, pins: Mapping[str, Any], num_samples: int) -> list[dict[str, Any]]:
+    """The trials the search starts with: the cells in turn, round after round, up to num_samples
+    (each fixes its compared factors; the sampler still chooses the nuisance parameters). With
+    fewer trials than cells the first cells get one each (the driver says so)."""
+    cells = [c for c in study.cells_for(pins) if c]
+    return [dict(cells[i % len(cells)]) for i in range(num_samples)] if cells else []
+
+
+class CellASHA(FIFOScheduler):
+    """ASHA within each cell: one ASHAScheduler per combination of the compared factors, so a trial
+    is only ever stopped for doing worse than trials of its own cell (a deep plain net learns
+    slower than a shallow one: compared across cells, ASHA would stop the very cells the study is
+    about). Only Tune's public scheduler interface is used."""
+
+    def __init__(self, factors: tuple[str, ...], **asha: Any) -> None:
+        super().__init__()
+        self._factors, self._asha = factors, asha
+        self._cells: dict[tuple[str, ...], ASHAScheduler] = {}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        self._asha.update({k: v for k, v in (("metric", metric), ("mode", mode)) if v})
+        return True
+
+    def _of(self, trial: Any) -> ASHAScheduler:
+        key = cell_key(trial.config, self._factors)
+        if key not in self._cells:
+            self._cells[key] = ASHAScheduler(**self._asha)
+        return self._cells[key]
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._of(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        return self._of(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._of(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._of(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return f"ASHA within each of {len(self._cells)} cells"
+
+
+def scheduler_for(study: Study, pins: Mapping[str, Any], epochs: int) -> TrialScheduler:
+    if not study.early_stopping:
+        return FIFOScheduler()
+    asha = dict(time_attr="training_iteration", max_t=epochs, grace_period=min(study.grace_period, epochs),
+                reduction_factor=2)
+    factors = tuple(f for f in study.factors if f not in pins)
+    return CellASHA(factors, **asha) if factors else ASHAScheduler(**asha)
+
+
 def build_tuner(study: Study, spec: TrialSpec, opts: TuneOptions, callbacks: list[Any], epochs: int) -> tune.Tuner:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = OptunaSearch(space=PinnedSpace(study.space, dict(spec.pins)), metric=study.metric, mode=study.mode,
-                            sampler=tpe_sampler(opts.seed, opts.num_samples))
+                            sampler=tpe_sampler(opts.seed, opts.num_samples),
+                            points_to_evaluate=cell_points(study, spec.pins, opts.num_samples) or None)
     search = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent)
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=min(study.grace_period, epochs),
-                               reduction_factor=2)
-                 if study.early_stopping else FIFOScheduler())
+    scheduler = scheduler_for(study, spec.pins, epochs)
     return study_tuner(spec, opts, callbacks, opts.name, metric=study.metric, mode=study.mode, search_alg=search,
                        scheduler=scheduler, num_samples=opts.num_samples)
 

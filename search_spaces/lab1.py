@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: trial processes need not import optuna
     import optuna
 
-DEPTHS = [1, 2, 4, 8, 16, 32]
+# The compared factors' values (the studies' cells in orchestrator/catalog/lab1.py are these).
+MLP_WIDTHS = (3, 10, 64)
+DEPTHS = (1, 2, 4, 8, 16, 32)
+CNN_DEPTHS = (1, 2, 4, 8)
 
 
 def mlp_capacity(trial: optuna.Trial) -> None:
-    """Width small/medium/large (the lab's 3/10/64 units), one or two hidden blocks."""
-    trial.suggest_categorical("width", [3, 10, 64])
-    trial.suggest_categorical("depth", [1, 2])
+    """Width small/medium/large (the lab's 3/10/64 units) of the one hidden layer; lr tuned."""
+    trial.suggest_categorical("width", MLP_WIDTHS)
     trial.suggest_float("lr", 1e-3, 1e-2, log=True)
 
 
@@ -26,7 +28,7 @@ def residual_mlp(trial: optuna.Trial) -> None:
 
 def residual_cnn(trial: optuna.Trial) -> None:
     """Blocks per stage x residual flag for the BasicBlock CNN."""
-    trial.suggest_categorical("depth", [1, 2, 4, 8])
+    trial.suggest_categorical("depth", CNN_DEPTHS)
     trial.suggest_categorical("residual", [False, True])
     trial.suggest_float("lr", 1e-3, 1e-2, log=True)
 
@@ -46,16 +48,6 @@ TRANSFER_VARIANTS = ["linear-svc", "knn", "head", "finetune", "scratch"]
 CAM_METHODS = ["cam", "gradcam", "gradcam++"]
 
 
-def _try_each_first(trial: optuna.Trial, first: list[dict]) -> None:
-    """The study's first trials take each of `first` once, in order (Optuna's enqueue_trial): these
-    studies compare their variants, and TPE's random start could miss one. Only queues trials; the
-    other parameters of a queued trial are still sampled. Call it after the suggestions."""
-    if trial.number == 0:
-        for params in first:
-            if any(trial.params.get(k) != v for k, v in params.items()):  # the one drawn now is done
-                trial.study.enqueue_trial(params, skip_if_exists=True)
-
-
 def transfer(trial: optuna.Trial) -> None:
     """Transfer variant, then only the knobs that variant has: the classifier's C or k for the
     scikit-learn ones; optimizer (each with its own lr range) for the trained ones; and how many
@@ -73,8 +65,6 @@ def transfer(trial: optuna.Trial) -> None:
             trial.suggest_float("lr", 1e-4, 3e-2, log=True)
         else:
             trial.suggest_float("lr", 1e-3, 3e-1, log=True)
-    # Fine-tuning vs from scratch first: the comparison that says whether transfer helped.
-    _try_each_first(trial, [{"variant": v} for v in ("finetune", "scratch", "linear-svc", "head", "knn")])
 
 
 def cam(trial: optuna.Trial) -> None:
@@ -82,7 +72,3 @@ def cam(trial: optuna.Trial) -> None:
     method = trial.suggest_categorical("method", CAM_METHODS)
     if method != "cam":
         trial.suggest_categorical("layer", ["last", "previous"])
-    # CAM and Grad-CAM on the same maps first (identical for a GAP + linear net), then the rest.
-    _try_each_first(trial, [{"method": "cam"}, {"method": "gradcam", "layer": "last"},
-                            {"method": "gradcam", "layer": "previous"}, {"method": "gradcam++", "layer": "previous"},
-                            {"method": "gradcam++", "layer": "last"}])

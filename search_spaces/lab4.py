@@ -13,6 +13,9 @@ if TYPE_CHECKING:  # annotations only: trial processes need not import optuna
 
 # ODIN's published grid (Liang et al. 2018): temperatures, and 21 input-step sizes in [0, 0.004].
 ODIN_TEMPERATURES = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+# The compared factors' values (the studies' cells in orchestrator/catalog/lab4.py are these).
+FGSM_MODELS = ("mlp", "cnn")
+ADV_MIXES = (0.0, 0.5, 1.0)  # adversarial fraction of each batch; 0: standard training, the baseline
 
 
 def ood(trial: optuna.Trial) -> None:
@@ -25,14 +28,14 @@ def fgsm(trial: optuna.Trial) -> None:
     """Architecture of the attacked classifier and the headline eps (single-step success rate,
     iterative success within that budget); the whole accuracy-vs-eps grid is measured every trial.
     The full profile pins `model` to its ResNet-18 (Profile.pinned): there only eps is searched."""
-    trial.suggest_categorical("model", ["mlp", "cnn"])
+    trial.suggest_categorical("model", FGSM_MODELS)
     trial.suggest_float("epsilon", 1 / 255, 0.3, log=True)
 
 
 def adv_train(trial: optuna.Trial) -> None:
     """FGSM-RS training radius and the adversarial fraction of each batch (mix = 0: standard training)."""
     trial.suggest_float("epsilon", 2 / 255, 0.2, log=True)
-    trial.suggest_float("mix", 0.0, 1.0, step=0.25)
+    trial.suggest_categorical("mix", ADV_MIXES)
 
 
 def targeted(trial: optuna.Trial) -> None:

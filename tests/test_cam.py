@@ -136,17 +136,22 @@ def test_cam_trial_logs_a_grid_per_class_and_the_mistakes_and_heat_maps_beat_ran
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_the_first_five_cam_trials_cover_every_method_and_layer(seed):
+    """The study's cells are enqueued (orchestrator.tuning.cell_points): its five trials are the five
+    method/layer combinations, whatever the seed, with the searcher as Tune drives it."""
     import optuna
+    from ray.tune.search.optuna import OptunaSearch
 
-    from search_spaces.lab1 import cam as cam_space
+    from orchestrator.studies import get_study
+    from orchestrator.tuning import PinnedSpace, cell_points
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), direction="maximize")
+    study = get_study("lab1", "cam")
+    searcher = OptunaSearch(space=PinnedSpace(study.space, {}), metric="val_faithfulness", mode="max",
+                            sampler=optuna.samplers.TPESampler(seed=seed), points_to_evaluate=cell_points(study, {}, 5))
     seen = []
     for i in range(5):
-        trial = study.ask()
-        cam_space(trial)
-        seen.append((trial.params["method"], trial.params.get("layer", "last")))
-        study.tell(trial, float(i))
+        config = searcher.suggest(f"t{i}")
+        seen.append((config["method"], config.get("layer", "last")))
+        searcher.on_trial_complete(f"t{i}", {"val_faithfulness": float(i)})
     assert sorted(seen) == sorted([("cam", "last"), ("gradcam", "last"), ("gradcam", "previous"),
                                    ("gradcam++", "last"), ("gradcam++", "previous")])

@@ -57,3 +57,13 @@ def test_rows_read_back_from_mlflow_break_ties_by_their_trial_id_tag():
     assert row_id({"run_id": "r"}) == "r" and row_id({"trial_id": "t", "run_id": "r"}) == "t"
     by_run = best(runs, "val_acc", "max", key=lambda r: r["run_id"])
     assert by_run["run_id"] == "aaa"
+
+
+def test_a_metric_pattern_expands_to_every_matching_metric_in_numeric_order():
+    from orchestrator.ranking import expand_metrics
+
+    rows = [{"metrics": {"acc_eps/0.1000": 0.5, "acc_eps/0.0000": 0.9, "pgd_acc_eps/0.1000": 0.1}},
+            {"metrics": {"acc_eps/0.0250": 0.7, "acc_eps/0.3000": 0.1, "test_acc": 0.9}}]
+    assert expand_metrics(("test_acc", "acc_eps/*", "success_rate"), rows) == [
+        "test_acc", "acc_eps/0.0000", "acc_eps/0.0250", "acc_eps/0.1000", "acc_eps/0.3000", "success_rate"]
+    assert expand_metrics(("acc_eps/*",), []) == []

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from orchestrator.report import best_configs, comparison_table
+from orchestrator.report import best_configs, comparison_table, verdict_lines
 from orchestrator.studies import get_study
 from tests.conftest import mlflow_uri, run_cli, runs
 from trainables.context import LocalContext
@@ -55,9 +55,31 @@ def test_report_order_and_best_of_group_come_from_the_ranking(order):
     headers, top = best_configs(study, runs)
     assert headers == ["rank", "run", "config", "best val_acc", "test_acc", "run id"]
     assert [(r[1], r[-1]) for r in top] == [("depth=8 #t5", "`fff`"), ("depth=2 #t0", "`ccc`"), ("depth=2 #t2", "`aaa`")]
-    flat = dataclasses.replace(study, report_by=(), mode="min")
+    flat = dataclasses.replace(study, cells=(), report_by=(), findings=(), mode="min")
     _, rows = comparison_table(flat, runs)
     assert [r[-2] for r in rows] == ["0.7000", "0.8000", "0.8000", "0.8500"] and rows[1][-1] == "0.6200"
+
+
+def _rep(depth: int, residual: bool, seed: int, best: float) -> dict:
+    return {"run_id": f"r{depth}{residual}{seed}", "status": "FINISHED", "tags": {}, "params": {},
+            "sampled": {"depth": depth, "residual": residual, "seed": seed}, "metrics": {"best_val_acc": best}}
+
+
+def test_findings_are_judged_on_the_repeats_and_inconclusive_without_them():
+    study = get_study("lab1", "residual-mlp")
+    plain = [_record("p1", "p1", 32, 0.1, 0.1, best=0.11)]
+    plain[0]["sampled"] = {"depth": 32, "residual": False}
+    search = [*RECORDS, *plain]  # residual at depth 2, 4, 8; plain only at 32: no depth has both
+    assert verdict_lines(study, search, None) == [
+        "the skip keeps the deepest MLP trainable: residual − plain best_val_acc at depth=max: no samples: "
+        "inconclusive (no cell with both levels ran)"]
+    repeats = [_rep(32, True, s, 0.9 + 0.01 * s) for s in (1, 2, 3)] + [_rep(32, False, s, 0.1) for s in (1, 2, 3)]
+    repeats += [_rep(2, False, 1, 0.99)]  # a shallower cell does not count
+    [line] = verdict_lines(study, search, repeats)
+    assert line.startswith("the skip keeps the deepest MLP trainable: residual − plain best_val_acc at depth=32: "
+                           "+0.820 [") and line.endswith("(3 vs 3 seeds): holds")
+    flipped = [dict(r, metrics={"best_val_acc": 1.0 - r["metrics"]["best_val_acc"]}) for r in repeats]
+    assert verdict_lines(study, search, flipped)[0].endswith(": does not hold")
 
 
 def _table(md: str, after: str) -> list[list[str]]:
@@ -113,6 +135,11 @@ def test_report_tables_match_the_mlflow_runs(ray_local, tmp_path, monkeypatch):
     assert len(group) == 2 and int(row[1]) == 2
     assert abs(float(re.match(r"([\d.]+) ±", row[-1]).group(1)) - group["metrics.test_acc"].mean()) < 1e-3
     assert abs(float(re.match(r"([\d.]+) ±", row[-2]).group(1)) - group["metrics.best_val_acc"].mean()) < 1e-3
+    # the repeats use new seeds (the search's was 0), and the finding is judged on them
+    assert set(rep_children["params.seed"]) == {"1", "2"}
+    assert re.search(r"Findings: \(1\) the skip keeps the deepest MLP trainable: residual − plain best_val_acc at "
+                     r"depth=2: [+-][\d.]+ \[[+-][\d.]+, [+-][\d.]+\] \(2 vs 2 seeds\): "
+                     r"(holds|does not hold|inconclusive)( \([^)]*\))?\.", md), md
     # The search's parent run says the same in its description (with --repeats: mean ± std).
     note = parent["tags.mlflow.note.content"]
     assert "Repeated with several seeds" in note and f"{group['metrics.best_val_acc'].mean():.4f} ±" in note

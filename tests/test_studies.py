@@ -26,7 +26,7 @@ def test_records_take_keywords_only():
 def test_every_study_has_both_profiles(study):
     assert tuple(study.profiles) == PROFILES
     for profile in study.profiles.values():
-        assert isinstance(profile, Profile) and profile.trials >= 1 and isinstance(profile.datasets, tuple)
+        assert isinstance(profile, Profile) and profile.per_cell >= 1 and isinstance(profile.datasets, tuple)
     assert study.profiles["quick"].datasets == ()  # quick runs offline on bundled data
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import pickle
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -372,6 +373,14 @@ def test_repeats_put_mean_and_std_into_the_search_description(tmp_path):
         note = client.get_run(run_id).data.tags["mlflow.note.content"].replace("&nbsp;", "")
         assert "**Repeated with several seeds**" in note
         assert "| depth=2 residual | 2 | 0.8500 ± 0.0707 | 0.7000 ± 0.0707 |" in note  # best val_acc, test_acc
+        assert "| [0.2147, 1.4853] |" in note  # 0.85 ± t(0.975, 1 dof) 12.706 x 0.0707 / sqrt(2)
+        # the finding needs plain and residual at one depth: only residual was repeated
+        finding = ("the skip keeps the deepest MLP trainable: residual − plain best_val_acc at depth=max: no samples: "
+                   "inconclusive (no cell with both levels ran)")
+        assert f"**Findings.**\n\n1. {finding}" in note
+        assert client.get_run(run_id).data.tags["finding_1"] == finding
+        logged = json.loads(Path(client.download_artifacts(run_id, "repeats.json", str(tmp_path))).read_text())
+        assert logged["findings"] == [finding] and logged["cells"][0]["interval"] == pytest.approx([0.2147, 1.4853], abs=1e-4)
     assert client.get_run(search.parent_id).data.tags["mlflow.note.content"].count("Repeated with several seeds") == 1
 
 

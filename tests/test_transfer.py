@@ -11,7 +11,7 @@ import torch
 
 from orchestrator.sources import resolve_source
 from orchestrator.studies import get_study, studies_of
-from search_spaces.lab1 import TRANSFER_VARIANTS, transfer as transfer_space
+from search_spaces.lab1 import TRANSFER_VARIANTS
 from trainables.lab1 import source as lab1_source
 from trainables.context import LocalContext
 from trainables.lab1.classifier import Lab1Config, build_model, train as train_lab1
@@ -239,19 +239,26 @@ def test_transfer_and_cam_run_last_in_lab1():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_first_trials_cover_every_variant_and_params_are_conditional(seed):
+    """The study's cells (its variants) are enqueued in turn (orchestrator.tuning.cell_points), with
+    the searcher as Tune drives it: its first trials are the five variants, fine-tuning vs scratch
+    first, and each variant gets only its own knobs."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.tuning import PinnedSpace, cell_points
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), direction="maximize")
+    study = get_study("lab1", "transfer")
+    searcher = OptunaSearch(space=PinnedSpace(study.space, {}), metric="val_acc", mode="max",
+                            sampler=optuna.samplers.TPESampler(seed=seed), points_to_evaluate=cell_points(study, {}, 12))
     seen = []
     for i in range(12):
-        trial = study.ask()
-        transfer_space(trial)
-        p = trial.params
+        p = searcher.suggest(f"t{i}")
         seen.append(p["variant"])
         assert ("unfreeze_stages" in p) == (p["variant"] == "finetune")
         assert ("lr" in p) == ("optimizer" in p) == (p["variant"] in ("head", "finetune", "scratch"))
         assert ("svc_c" in p) == (p["variant"] == "linear-svc") and ("knn_k" in p) == (p["variant"] == "knn")
-        study.tell(trial, float(i % 3))
-    assert sorted(seen[:5]) == sorted(TRANSFER_VARIANTS)
+        searcher.on_trial_complete(f"t{i}", {"val_acc": float(i % 3)})
+    assert seen[:2] == ["finetune", "scratch"] and sorted(seen[:5]) == sorted(TRANSFER_VARIANTS)
 
 
 # ---------------------------------------------------------------- the lab's finding

@@ -177,7 +177,7 @@ def _select_classes(x: np.ndarray, y: np.ndarray, classes: tuple[int, ...]) -> t
 def load_image_data(name: str, data_dir: Path | None, device: torch.device, *, val_fraction: float = 0.1,
                     seed: int = 0, classes: tuple[int, ...] = (), max_train: int = 0,
                     max_val_test: int = 0) -> ImageData:
-    """Train/val/test splits on `device`. Validation is held out of the training set (seeded); datasets
+    """Train/val/test splits on `device`. Validation is held out of the training set (by `seed`); datasets
     without an official test split (digits, synthetic) hold out a test split the same way.
     `classes` keeps those labels only (relabelled 0..k-1); `max_train` caps the training set,
     `max_val_test` the validation and the test set (each a fixed subset: the same in every trial)."""
@@ -186,14 +186,18 @@ def load_image_data(name: str, data_dir: Path | None, device: torch.device, *, v
         x, y = _select_classes(x, y, classes)
         if test is not None:
             test = _select_classes(*test, classes)
-    # The split permutation uses a fixed seed, not the trial seed, so every trial of a study is
-    # compared on the same validation and test images.
+    # The test images are fixed (seed 12345, whatever the trial's seed); the validation images vary
+    # with the trial's `seed`, so the seeds of --repeats sample the split too. The trials of one
+    # search share its seed: they are compared on the same validation images. Seed 0 keeps the
+    # permutation of seed 12345 alone (the split before seeds varied it).
     order = np.random.default_rng(12345).permutation(len(y))
     n_val = int(round(len(y) * val_fraction))
     if test is None:
         n_test = n_val
         test = (x[order[:n_test]], y[order[:n_test]])
         order = order[n_test:]
+    if seed:
+        order = order[np.random.default_rng((12345, seed)).permutation(len(order))]
     val_idx, train_idx = order[:n_val], order[n_val:]
     if max_train:
         train_idx = train_idx[:max_train]

@@ -65,9 +65,10 @@ def trial_figures(history: History) -> dict[str, Figure]:
 
 
 def metric_by(rows: Iterable[Mapping[str, Any]], x: str, metric: str, group: str | None = None,
-              title: str = "", log_x: bool = False) -> Figure | None:
+              title: str = "", log_x: bool = False, ax: Any = None) -> Figure | None:
     """Best `metric` for each value of param `x`, one line per value of param `group`.
-    rows: {'params': {...}, 'metrics': {...}} per trial."""
+    rows: {'params': {...}, 'metrics': {...}} per trial. Draws on `ax` when given (a panel of a
+    larger figure), else on a new figure."""
     best: dict[Any, dict[Any, float]] = defaultdict(dict)
     for r in rows:
         p, m = r["params"], r["metrics"]
@@ -77,7 +78,8 @@ def metric_by(rows: Iterable[Mapping[str, Any]], x: str, metric: str, group: str
         best[g][p[x]] = max(best[g].get(p[x], float("-inf")), m[metric])
     if not best:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    own = ax is None
+    fig, ax = plt.subplots(figsize=(6, 3.8)) if own else (ax.figure, ax)
     for g, points in sorted(best.items(), key=lambda kv: str(kv[0])):
         xs = sorted(points)
         ax.plot(xs, [points[v] for v in xs], marker="o", label=f"{group}={g}" if group else metric)
@@ -88,5 +90,6 @@ def metric_by(rows: Iterable[Mapping[str, Any]], x: str, metric: str, group: str
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return fig

@@ -8,12 +8,12 @@ from search_spaces import lab1 as lab1_spaces
 from trainables import plots
 from trainables.lab1 import cam, classifier, figures as lab1_figures, source as lab1_source, transfer
 
-from ..study import Profile, SourceModel, Study
+from ..study import DEEPEST, Finding, Profile, SourceModel, Study, grid
 
 
-def _depth_vs_residual(rows: list[dict]) -> Any:
-    return plots.metric_by(rows, "depth", "val_acc", group="residual", log_x=True,
-                           title="best validation accuracy vs depth")
+def _skip_helps_at_depth(what: str) -> Finding:
+    return Finding(claim=f"the skip keeps the deepest {what} trainable", metric="best_val_acc", factor="residual",
+                   treatment=True, control=False, at={"depth": DEEPEST}, labels=("residual", "plain"))
 
 
 # Quick profile: digits (1,797 real 8x8 images) in place of MNIST and CIFAR-10.
@@ -58,57 +58,68 @@ def _cam_conflict(cfg: Any, model: Any, base: Mapping[str, Any]) -> str | None:
 STUDIES = [
     Study(lab="lab1", name="mlp-capacity", question="How does MLP width (3/10/64 units) limit accuracy?",
           trainable=classifier.train, config_cls=classifier.Lab1Config, space=lab1_spaces.mlp_capacity,
-          profiles={"quick": Profile(base=_MLP_QUICK, trials=6, searched=("width",)),
-                    "full": Profile(base=_MLP_FULL, trials=12, datasets=("mnist",), searched=("width",))},
-          early_stopping=False, gpus_per_trial=0.25,
-          compare=lambda rows: plots.metric_by(rows, "width", "val_acc", group="depth", log_x=True,
+          # the lab's MLP: one hidden layer (depth 0: no residual blocks) of 3, 10 or 64 units
+          profiles={"quick": Profile(base={**_MLP_QUICK, "depth": 0}, per_cell=2, searched=("width",)),
+                    "full": Profile(base={**_MLP_FULL, "depth": 0}, per_cell=4, datasets=("mnist",),
+                                    searched=("width",))},
+          early_stopping=False, gpus_per_trial=0.25, cells=grid(width=lab1_spaces.MLP_WIDTHS),
+          findings=(Finding(claim="64 hidden units learn more than 3", metric="best_val_acc", factor="width",
+                            treatment=64, control=3, labels=("64 units", "3 units")),),
+          compare=lambda rows: plots.metric_by(rows, "width", "val_acc", log_x=True,
                                                title="best validation accuracy vs width"),
-          report_by=("width", "depth"),
           references="MNIST MLP, 1 hidden layer: 3 units ~70%, 10 units ~93%, 64 units ~97.4% test."),
     Study(lab="lab1", name="residual-mlp", question="Do residual connections keep deep MLPs trainable?",
           trainable=classifier.train, config_cls=classifier.Lab1Config, space=lab1_spaces.residual_mlp,
-          profiles={"quick": Profile(base={**_MLP_QUICK, "grad_norms": True}, trials=10),
-                    "full": Profile(base={**_MLP_FULL, "grad_norms": True}, trials=24, datasets=("mnist",))},
-          early_stopping=False, gpus_per_trial=0.25, compare=_depth_vs_residual, report_by=("depth", "residual"),
+          profiles={"quick": Profile(base={**_MLP_QUICK, "grad_norms": True}, per_cell=2),
+                    "full": Profile(base={**_MLP_FULL, "grad_norms": True}, per_cell=2, datasets=("mnist",))},
+          early_stopping=False, gpus_per_trial=0.25, compare=lab1_figures.depth_comparison,
+          cells=grid(depth=lab1_spaces.DEPTHS, residual=(False, True)), findings=(_skip_helps_at_depth("MLP"),),
           references="plain MLP collapses to ~11% (chance) at depth >= 8-16 while the residual MLP stays ~94-98% "
                      "at depth 32-50."),
     Study(lab="lab1", name="residual-cnn", question="Do residual connections keep deep CNNs trainable (CIFAR-10)?",
           trainable=classifier.train, config_cls=classifier.Lab1Config, space=lab1_spaces.residual_cnn,
-          profiles={"quick": Profile(base={**_CNN_QUICK, "grad_norms": True}, trials=8),
-                    "full": Profile(base={**_CNN_FULL, "grad_norms": True}, trials=16, datasets=("cifar10",))},
-          early_stopping=False, gpus_per_trial=0.25, compare=_depth_vs_residual, report_by=("depth", "residual"),
+          profiles={"quick": Profile(base={**_CNN_QUICK, "grad_norms": True}, per_cell=2),
+                    "full": Profile(base={**_CNN_FULL, "grad_norms": True}, per_cell=2, datasets=("cifar10",))},
+          early_stopping=False, gpus_per_trial=0.25, compare=lab1_figures.depth_comparison,
+          cells=grid(depth=lab1_spaces.CNN_DEPTHS, residual=(False, True)), findings=(_skip_helps_at_depth("CNN"),),
           references="CIFAR-10 plain CNN accuracy falls with depth (76.6% -> 27.5% from 2-2-2-2 to 5-6-8-5 stages) "
                      "while residual stays ~78-86% (ResNet-20..56: plain 82.1 -> 73.8%, residual ~85.2-85.8%)."),
     Study(lab="lab1", name="resnet", question="How well does ResNet-18 (CIFAR stem) train, and with which recipe?",
           trainable=classifier.train, config_cls=classifier.Lab1Config, space=lab1_spaces.resnet,
           # the recipe's batch size, optimizer and weight decay are what the study searches
-          profiles={"quick": Profile(base={**_CNN_QUICK, "model": "resnet18", "epochs": 4}, trials=4,
+          profiles={"quick": Profile(base={**_CNN_QUICK, "model": "resnet18", "epochs": 4}, per_cell=2,
                                      searched=("batch_size",)),
-                    "full": Profile(base={**_CNN_FULL, "model": "resnet18", "epochs": 30}, trials=12,
+                    "full": Profile(base={**_CNN_FULL, "model": "resnet18", "epochs": 30}, per_cell=6,
                                     datasets=("cifar10",), searched=("batch_size", "optimizer", "weight_decay"))},
-          early_stopping=True, grace_period=2, gpus_per_trial=0.5,
+          early_stopping=True, grace_period=2, gpus_per_trial=0.5, cells=grid(optimizer=("sgd", "adam")),
           compare=lambda rows: plots.metric_by(rows, "lr", "val_acc", group="optimizer",
                                                title="best validation accuracy vs lr"),
-          report_by=("optimizer",),
           references="ResNet-18 from scratch on CIFAR-10: ~85-95% depending on epochs."),
     Study(lab="lab1", name="transfer",
           question="Do CIFAR-10 features transfer to CIFAR-100: frozen + SVM/kNN, new head, fine-tuning?",
           trainable=transfer.train, config_cls=transfer.TransferConfig, space=lab1_spaces.transfer,
-          profiles={"quick": Profile(base=_TRANSFER_QUICK, trials=8),
-                    "full": Profile(base=_TRANSFER_FULL, trials=16, datasets=("cifar10", "cifar100"))},
+          profiles={"quick": Profile(base=_TRANSFER_QUICK, per_cell=2),
+                    "full": Profile(base=_TRANSFER_FULL, per_cell=3, datasets=("cifar10", "cifar100"))},
           early_stopping=False, gpus_per_trial=0.5, compare=lab1_figures.transfer_comparison,
+          # fine-tuning vs from scratch first: the comparison that says whether transfer helped
+          cells=grid(variant=("finetune", "scratch", "linear-svc", "head", "knn")),
+          findings=(Finding(claim="the source's features help: fine-tuning beats training from scratch",
+                            metric="best_val_acc", factor="variant", treatment="finetune", control="scratch"),),
           source=SourceModel(candidates=(("residual-cnn", "resnet"), ("residual-cnn",), ("resnet",)),
                              load=lab1_source.load_checkpoint_model, conflict=_transfer_conflict),
-          report_by=("variant",),
           references="CIFAR-100 transfer from a CIFAR-10 CNN: linear SVM on features ~23-42%, fine-tuning ~40-55%."),
     Study(lab="lab1", name="cam",
           question="Where does the trained CNN look? CAM vs Grad-CAM heat maps, and how faithful they are",
           trainable=cam.train, config_cls=cam.CamConfig, space=lab1_spaces.cam,
-          profiles={"quick": Profile(base=_CAM_QUICK, trials=5),
-                    "full": Profile(base=_CAM_FULL, trials=5, datasets=("cifar10",))},
+          # nothing is tuned inside a cell (the source model is fixed): one trial each
+          profiles={"quick": Profile(base=_CAM_QUICK, per_cell=1),
+                    "full": Profile(base=_CAM_FULL, per_cell=1, datasets=("cifar10",))},
           metric="val_faithfulness", early_stopping=False, gpus_per_trial=0.25, compare=lab1_figures.cam_comparison,
           # "The trained CNN" first; a ResNet-18 on 8x8 digits ends in 1x1 maps (rejected by cam_conflict).
           source=SourceModel(candidates=(("residual-cnn",), ("resnet",)), load=lab1_source.load_checkpoint_model,
                              conflict=_cam_conflict),
-          report_by=("method",), report_metrics=("val_faithfulness",)),
+          # CAM and Grad-CAM on the same maps first (identical for a GAP + linear net), then the rest
+          cells=({"method": "cam"}, {"method": "gradcam", "layer": "last"}, {"method": "gradcam", "layer": "previous"},
+                 {"method": "gradcam++", "layer": "previous"}, {"method": "gradcam++", "layer": "last"}),
+          report_metrics=("val_faithfulness",)),
 ]

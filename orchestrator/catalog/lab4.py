@@ -10,7 +10,7 @@ from __future__ import annotations
 from search_spaces import lab4 as spaces
 from trainables.lab4 import figures as lab4_figures, robustness
 
-from ..study import Profile, Study
+from ..study import Finding, LabTable, Profile, Study, grid
 
 DIGITS_GRID = (0.0, 0.025, 0.05, 0.1, 0.2, 0.3)  # pixel units: 0, 6.4, 12.8, 25.5, 51, 76.5 /255
 
@@ -26,8 +26,8 @@ STUDIES = [
     Study(lab="lab4", name="ood",
           question="Which score separates ID from OOD images best (MSP, max logit, energy, ODIN, autoencoder)?",
           trainable=robustness.train, config_cls=robustness.Lab4Config, space=spaces.ood,
-          profiles={"quick": Profile(base={**_QUICK, "task": "ood", "ood_set": "noise"}, trials=6),
-                    "full": Profile(base={**_FULL, "task": "ood", "ood_set": "cifar100"}, trials=20,
+          profiles={"quick": Profile(base={**_QUICK, "task": "ood", "ood_set": "noise"}, per_cell=6),
+                    "full": Profile(base={**_FULL, "task": "ood", "ood_set": "cifar100"}, per_cell=20,
                                     datasets=("cifar10", "cifar100", "svhn"))},
           metric="val_auroc", early_stopping=False, gpus_per_trial=0.5, compare=lab4_figures.ood_compare,
           report_by=("temperature", "odin_eps"),
@@ -40,38 +40,49 @@ STUDIES = [
           question="How fast does accuracy fall with the FGSM eps; what L-inf budget does iterative FGSM need?",
           trainable=robustness.train, config_cls=robustness.Lab4Config, space=spaces.fgsm,
           # The compared models: quick, MLP vs CNN (the space's choice); full, the profile's ResNet-18 only.
-          profiles={"quick": Profile(base={**_QUICK, "task": "fgsm", "width": 32}, trials=4,
+          profiles={"quick": Profile(base={**_QUICK, "task": "fgsm", "width": 32}, per_cell=2,
                                      searched=("model", "epsilon")),
-                    "full": Profile(base={**_FULL, "task": "fgsm"}, trials=6, datasets=("cifar10",),
+                    "full": Profile(base={**_FULL, "task": "fgsm"}, per_cell=6, datasets=("cifar10",),
                                     pinned=("model",), searched=("epsilon",))},
           metric="val_acc", early_stopping=False, gpus_per_trial=0.5, compare=lab4_figures.fgsm_compare,
-          report_by=("model", "epsilon"),
-          report_metrics=("test_acc", "adv_acc", "success_rate", "iter_success_rate", "mean_linf_255"),
+          cells=grid(model=spaces.FGSM_MODELS),
+          # accuracy at every eps of the profile's grid, one column each (the lab's accuracy-vs-eps table)
+          report_metrics=("test_acc", "acc_eps/*", "success_rate", "iter_success_rate", "mean_linf_255"),
           references="Accuracy vs eps (0/1/2/4/8/16 /255) of a CIFAR ResNet-20: 83.1 / 55.3 / 35.5 / 20.3 / 14.1 / "
                      "11.8%."),
     Study(lab="lab4", name="adv-train",
           question="Does FGSM-RS adversarial training buy robustness; what does it do to OOD detection?",
           trainable=robustness.train, config_cls=robustness.Lab4Config, space=spaces.adv_train,
           # mix is searched (mix 0 = standard training is the baseline); 1.0 is Wong et al.'s, used in-process
-          profiles={"quick": Profile(base={**_QUICK, "task": "adv-train", "ood_set": "noise", "epochs": 8}, trials=6,
-                                     searched=("epsilon",)),
+          profiles={"quick": Profile(base={**_QUICK, "task": "adv-train", "ood_set": "noise", "epochs": 8},
+                                     per_cell=2, searched=("epsilon",)),
                     "full": Profile(base={**_FULL, "task": "adv-train", "ood_set": "cifar100", "epochs": 15,
-                                          "mix": 1.0, "lr": 0.1}, trials=12, datasets=("cifar10", "cifar100"),
+                                          "mix": 1.0, "lr": 0.1}, per_cell=4, datasets=("cifar10", "cifar100"),
                                     searched=("epsilon", "mix"))},
           metric="val_robust_acc", early_stopping=False, gpus_per_trial=0.5, compare=lab4_figures.adv_train_compare,
-          report_by=("epsilon", "mix"),
+          cells=grid(mix=spaces.ADV_MIXES),
+          findings=(Finding(claim="FGSM-RS training (mix 1) buys robustness over standard training (mix 0)",
+                            metric="best_val_robust_acc", factor="mix", treatment=1.0, control=0.0,
+                            labels=("adversarial", "standard")),),
           report_metrics=("test_acc", "fgsm_acc", "pgd_acc", "auroc/msp", "auroc/energy", "catastrophic_overfit"),
           references="FGSM adversarial training with random init, eps 8/255, PreAct ResNet-18: 86.1% clean / 46.1% PGD "
                      "in 12 minutes (Wong, Rice, Kolter 2020)."),
     Study(lab="lab4", name="targeted",
           question="How large a budget does iterative targeted FGSM need, per target class?",
           trainable=robustness.train, config_cls=robustness.Lab4Config, space=spaces.targeted,
-          profiles={"quick": Profile(base={**_QUICK, "task": "targeted", "model": "mlp", "width": 64}, trials=6,
+          profiles={"quick": Profile(base={**_QUICK, "task": "targeted", "model": "mlp", "width": 64}, per_cell=6,
                                      searched=("epsilon",)),
-                    "full": Profile(base={**_FULL, "task": "targeted"}, trials=10, datasets=("cifar10",),
+                    "full": Profile(base={**_FULL, "task": "targeted"}, per_cell=10, datasets=("cifar10",),
                                     searched=("epsilon",))},
           metric="val_acc", early_stopping=False, gpus_per_trial=0.5, compare=lab4_figures.targeted_compare,
           report_by=("target", "epsilon"),
           report_metrics=("success_rate", "success_within_steps", "mean_linf", "test_acc"),
           references="Targeted success at eps 0.025: ~13-37% depending on the target class."),
+]
+
+TABLES = [
+    # one row per score and OOD set: run `--study ood --set ood_set=...` once per set to fill it
+    LabTable(title="OOD detection: every score against each OOD set (the ood study's selected trial, test split)",
+             kind="scores", studies=("ood",), scores=("msp", "msp_t", "maxlogit", "energy", "odin", "ae"),
+             measures=("auroc", "aupr_in", "aupr_out", "fpr95"), by="ood_set"),
 ]

@@ -6,7 +6,7 @@ One module per role:
 - `lookups`: read-only questions before a study (`Lookup`, `find_parent`).
 - `server`: where MLflow lives (`default_uri`, `init_store`) and the `mlflow server` process
   (`ensure_server`, `stop_server`).
-- `readback`: a finished study read back for its report (`read_invocation`, `read_repeats`,
+- `readback`: a finished study read back for its report (`read_invocation(s)`, `read_repeats`,
   `download_figures`, `log_report`).
 - What the UI shows, for the callback: `naming` (child runs named by what they tried), `results`
   (logged metric names, bookkeeping tags, a trial's best and final values), `notes` (the parent's and
@@ -20,9 +20,9 @@ from __future__ import annotations
 from ..provenance import git_commit  # not MLflow; re-exported until its importers use orchestrator.provenance
 from .callback import MAX_BATCH, SKIPPED_KEYS, TUNE_KEYS, MlflowTracker, TrialView, experiment_id
 from .lookups import Lookup, find_parent
-from .readback import download_figures, log_report, read_invocation, read_repeats
+from .readback import download_figures, log_report, read_invocation, read_invocations, read_repeats
 from .server import default_uri, ensure_server, init_store, stop_server
 
 __all__ = ["MAX_BATCH", "SKIPPED_KEYS", "TUNE_KEYS", "Lookup", "MlflowTracker", "TrialView", "default_uri",
            "download_figures", "ensure_server", "experiment_id", "find_parent", "git_commit", "init_store",
-           "log_report", "read_invocation", "read_repeats", "stop_server"]
+           "log_report", "read_invocation", "read_invocations", "read_repeats", "stop_server"]

@@ -361,7 +361,8 @@ class MlflowTracker(tune.Callback):
                 last[self.metric] = last[best_key(self.metric)]
             out.append({"trial_id": trial_id, "run_id": self.runs.get(trial_id),
                         "name": self.names.get(trial_id, trial_id), "status": self.status.get(trial_id),
-                        "params": self.params.get(trial_id, {}), "metrics": last, "files": self.files.get(trial_id, {})})
+                        "params": self.params.get(trial_id, {}), "metrics": last, "files": self.files.get(trial_id, {}),
+                        "first_epoch": history[0]})  # figures that contrast trials before training moved them
         return out
 
     def experiment_name(self) -> str:
@@ -529,7 +530,8 @@ class MlflowTracker(tune.Callback):
             if fig is not None:
                 self.client.log_figure(self.parent_id, fig, "figures/comparison.png")
                 _close(fig)
-        self.client.log_dict(self.parent_id, [{k: v for k, v in r.items() if k != "files"} for r in rows], "trials.json")
+        self.client.log_dict(self.parent_id, [{k: v for k, v in r.items() if k not in ("files", "first_epoch")}
+                                              for r in rows], "trials.json")
         headers, table = notes.comparison(self.study_text, rows)
         if table:
             self._log_table(self.parent_id, notes.table_columns(headers, table), "comparison.json")
@@ -557,9 +559,14 @@ class MlflowTracker(tune.Callback):
         section = notes.repeats_section(self.study_text, self.experiment_id, self.parent_id, rows)
         if not section:
             return
+        groups = notes.repeats_groups(self.study_text, rows)
+        found = notes.verdict_lines(self.study_text, rows)
         for run_id in (self.parent_id, self.repeats_of):
             note = self.client.get_run(run_id).data.tags.get("mlflow.note.content", "")
             self.client.set_tag(run_id, "mlflow.note.content", _fit_note(notes.with_repeats(note, section)))
+            # per cell: mean ± std and the 95% interval over seeds; the verdicts, one tag each
+            self.client.log_dict(run_id, {"cells": groups, "findings": found}, "repeats.json")
+            self.client.log_batch(run_id, tags=[RunTag(f"finding_{i}", line[:5000]) for i, line in enumerate(found, 1)])
 
     def _write_view(self, rows: list[dict[str, Any]], created: bool = False) -> None:
         """The saved view of this invocation's trials (experiment tag, listed in the runs page's Views)."""
@@ -601,7 +608,8 @@ def _study_text(study: "Study | None", tags: Mapping[str, str], params: Mapping[
     if study is None:
         return notes.StudyText(metric=metric, mode=mode, pinned=pinned)
     return notes.StudyText(question=study.question, space=describe_space(study.space), pinned=pinned, metric=metric,
-                           mode=mode, report_by=tuple(study.report_by), report_metrics=tuple(study.report_metrics))
+                           mode=mode, report_by=tuple(study.report_by), report_metrics=tuple(study.report_metrics),
+                           findings=tuple(study.findings))
 
 
 def _close(fig: Any) -> None:

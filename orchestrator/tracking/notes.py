@@ -2,7 +2,8 @@
 
 - The parent run's description (`mlflow.note.content`, shown on its Overview): the question, the best
   trial, the target, the search space and the comparison table, each run a link to its child run;
-  with `--repeats`, the mean ± std over seeds.
+  with `--repeats`, the mean ± std and the 95% interval over seeds, and the study's findings judged
+  on them (orchestrator.verdicts).
 - A child run's description: what it tried and how it did.
 - A saved view of the study's trials for the experiment's runs page (the "Views" menu; experiment tag
   `mlflow.sharedViewState.<parent run id>`): only this invocation's children, ranked, with the
@@ -22,7 +23,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..ranking import best_key, best_of_groups, rank
+from ..ranking import best_key, best_of_groups, expand_metrics, rank
+from ..verdicts import judge, mean_interval
 from .naming import describe, format_value
 
 ML = "workflowType=machine_learning"
@@ -44,6 +46,7 @@ class StudyText:
     mode: str = "max"
     report_by: tuple[str, ...] = ()
     report_metrics: tuple[str, ...] = ()
+    findings: tuple[Any, ...] = ()                           # orchestrator.verdicts.Finding records
 
 
 def run_link(experiment_id: str, run_id: str) -> str:
@@ -75,7 +78,7 @@ def _md(text: str) -> str:
 def other_metrics(study: StudyText, rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The table's metrics besides the target: the study's report metrics, else every `test_*` one."""
     if study.report_metrics:
-        return [m for m in study.report_metrics if m != study.metric]
+        return [m for m in expand_metrics(study.report_metrics, rows) if m != study.metric]
     return sorted({k for r in rows for k in r["metrics"] if k.startswith("test_")})
 
 
@@ -179,7 +182,7 @@ def parent_note(study: StudyText, experiment_id: str, view_key: str, rows: Seque
 
 def repeats_groups(study: StudyText, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Finished repeat trials grouped by config (every sampled param but `seed`): mean ± std of the
-    target's best and of the other table metrics."""
+    target's best and of the other table metrics, and the 95% interval of the target's mean."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in rank(rows, study.metric, study.mode):
         groups.setdefault(tuple((k, v) for k, v in r["params"].items() if k != "seed"), []).append(r)
@@ -191,8 +194,15 @@ def repeats_groups(study: StudyText, rows: Sequence[Mapping[str, Any]]) -> list[
         for m in metrics:
             values = [float(r["metrics"][m]) for r in members if m in r["metrics"]]
             row[m] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
+        row["interval"] = mean_interval([float(r["metrics"][metrics[0]]) for r in members if metrics[0] in r["metrics"]])
         out.append(row)
     return out
+
+
+def verdict_lines(study: StudyText, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The study's findings judged on the repeat trials: `claim: effect [interval] (n seeds): holds`."""
+    finished = [r for r in rows if r.get("status", "FINISHED") == "FINISHED"]
+    return [f"{f.claim}: {judge(f, finished).line()}" for f in study.findings]
 
 
 def repeats_section(study: StudyText, experiment_id: str, repeats_parent: str, rows: Sequence[Mapping[str, Any]]) -> str:
@@ -200,12 +210,16 @@ def repeats_section(study: StudyText, experiment_id: str, repeats_parent: str, r
     if not groups:
         return ""
     metrics = [best_key(study.metric), *other_metrics(study, rows)]
-    heads = ["config", "seeds", *(f"{m} (mean ± std)" for m in metrics)]
+    heads = ["config", "seeds", *(f"{m} (mean ± std)" for m in metrics), f"{metrics[0]} 95% interval"]
     lines = [f"**Repeated with several seeds** ([the repeat runs]({run_link(experiment_id, repeats_parent)})):", "",
-             _row(heads), "|---|--:|" + "--:|" * len(metrics)]
+             _row(heads), "|---|--:|" + "--:|" * (len(metrics) + 1)]
     for g in groups:
         cells = [f"{g[m][0]:.4f} ± {g[m][1]:.4f}" if g[m] else "-" for m in metrics]
-        lines.append(_row([_md(g["config"]), str(g["seeds"]), *cells]))
+        interval = f"[{g['interval'][0]:.4f}, {g['interval'][1]:.4f}]" if g["interval"] else "-"
+        lines.append(_row([_md(g["config"]), str(g["seeds"]), *cells, interval]))
+    found = verdict_lines(study, rows)
+    if found:
+        lines += ["", "**Findings.**", "", *(f"{i}. {_md(line)}" for i, line in enumerate(found, 1))]
     return "\n".join(lines) + "\n"
 
 

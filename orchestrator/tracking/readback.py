@@ -43,6 +43,18 @@ def read_invocation(uri: str, lab: str, study: str, parent_id: str | None = None
     return {"parent": _run_record(client, parent), "children": [_run_record(client, c) for c in children]}
 
 
+def read_invocations(uri: str, lab: str, study: str, limit: int = 10) -> list[dict[str, Any]]:
+    """The newest `limit` search invocations of `study`, newest first (as read_invocation gives one)."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(lab)
+    if exp is None:
+        return []
+    found = [r for r in client.search_runs([exp.experiment_id], f"tags.study = '{study}' and {PARENTS}",
+                                           order_by=["attributes.start_time DESC"], max_results=limit)
+             if r.data.tags.get("kind", "search") == "search"]
+    return [inv for r in found if (inv := read_invocation(uri, lab, study, parent_id=r.info.run_id))]
+
+
 def read_repeats(uri: str, lab: str, parent_id: str) -> dict[str, Any] | None:
     """The `--repeats` invocation that re-ran the best configurations of search `parent_id`."""
     client = MlflowClient(tracking_uri=uri)

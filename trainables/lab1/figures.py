@@ -94,3 +94,53 @@ def cam_comparison(rows: list[dict]) -> Figure | None:
     return _bars(best, series, "faithfulness of the heat maps (validation)",
                  "drop of the predicted class' probability")
 
+
+
+# ------------------------------------------------------------ residual studies: depth x residual
+def _norms(metrics: Mapping[str, Any]) -> list[float]:
+    return [float(metrics[k]) for k in sorted(k for k in metrics if k.startswith("grad_norm/"))]
+
+
+def _best_at(rows: Sequence[Mapping[str, Any]], depth: Any, residual: bool, metric: str) -> Mapping[str, Any] | None:
+    """The best trial of one cell that logged gradient norms (each epoch's `grad_norm/NN`)."""
+    cell = [r for r in rows if r["params"].get("depth") == depth and r["params"].get("residual") is residual
+            and _norms(r.get("first_epoch", r["metrics"])) and metric in r["metrics"]]
+    return max(cell, key=lambda r: r["metrics"][metric], default=None)
+
+
+def depth_comparison(rows: Sequence[Mapping[str, Any]], metric: str = "val_acc") -> Figure | None:
+    """The residual studies' figure: (left) best `metric` vs depth, plain and residual; (right) the
+    plain and the residual net's per-layer gradient norms at the deepest depth where both ran, at
+    the first epoch (before training has moved the weights far): the plain net's norms fall by
+    orders of magnitude towards the input, the residual net's do not. That contrast, not the best
+    trial's profile, is what explains the finding. rows: the tracker's trial rows (`params`,
+    `metrics`, and `first_epoch`: the first epoch's reported values)."""
+    from trainables import plots
+
+    depths = sorted({r["params"]["depth"] for r in rows if "depth" in r["params"]})
+    both = [d for d in depths if all(_best_at(rows, d, res, metric) for res in (False, True))]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    if plots.metric_by(rows, "depth", metric, group="residual", log_x=True, ax=axes[0],
+                       title=f"best {metric} vs depth") is None:
+        plt.close(fig)
+        return None
+    ax = axes[1]
+    if both:
+        deepest = both[-1]
+        for residual, colour in ((False, "tab:blue"), (True, "tab:orange")):
+            row = _best_at(rows, deepest, residual, metric)
+            norms = _norms(row.get("first_epoch", row["metrics"]))
+            ax.plot(range(len(norms)), [max(v, 1e-12) for v in norms], marker=".", color=colour,
+                    label=f"{'residual' if residual else 'plain'} ({metric} {row['metrics'][metric]:.2f})")
+        ax.set_yscale("log")
+        ax.set_title(f"gradient norms at depth {deepest}, first epoch")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no depth with both a plain and a residual trial\nthat logged gradient norms",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_title("gradient norms")
+    ax.set_xlabel("weight layer (input side first)")
+    ax.set_ylabel("gradient L2 norm")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
