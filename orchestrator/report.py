@@ -68,14 +68,19 @@ def _name(run: dict) -> str:
     return str(run.get("name") or run["run_id"]).replace("|", "\\|")
 
 
-def comparison_table(study: Study, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """One row per combination of `study.report_by` (its best finished trial), or the ten best trials."""
+def comparison_table(study: Study, runs: list[dict], profile: str = "quick") -> tuple[list[str], list[list[str]]]:
+    """One row per combination of `study.report_by` (its best finished trial), or the ten best trials.
+    On the full profile, the lab's number for the cell stands in a last column where the catalog has one."""
     metrics = _metrics(study, runs)
     if study.report_by:
         groups = best_of_groups([r for r in runs if r["status"] == "FINISHED"], lambda r: _key(r, study.report_by),
                                 study.metric, study.mode)
         headers = [*study.report_by, "trials", "best run", *_headers(study, metrics)]
         rows = [[*map(_fmt, k), str(n), _name(r), *_values(study, r, metrics)] for k, r, n in groups]
+        if profile == "full" and study.cell_references:
+            headers.append("lab's reference")
+            for row, (_, r, _) in zip(rows, groups):
+                row.append(study.reference_for(r["sampled"]) or "-")
         return headers, rows
     scored = _scored(study, runs)
     names = sorted({n for r in scored for n in r["sampled"]})
@@ -142,7 +147,7 @@ def study_section(uri: str, study: Study, out: Path, parent_id: str | None = Non
                                 + ", ".join(f"{n} {s.lower()}" for s, n in sorted(statuses.items())) +
                                 f". Target: {study.mode} `{study.metric}` at each trial's best epoch (selection on validation; "
                                 f"ties go to the lower trial id; test once per finished trial)."))
-    section.blocks.append(("table", *comparison_table(study, runs)))
+    section.blocks.append(("table", *comparison_table(study, runs, profile)))
     section.blocks.append(("p", "Best configurations:"))
     section.blocks.append(("table", *best_configs(study, runs)))
     repeats = read_repeats(uri, study.lab, parent["run_id"])

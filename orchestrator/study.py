@@ -136,6 +136,9 @@ class Study:
     report_by: tuple[str, ...] = ()
     report_metrics: tuple[str, ...] = ("val_acc", "test_acc")
     references: str = ""
+    # The lab's numbers for some cells, as (the cell's values, the number as the lab states it): the
+    # full profile's comparison table shows them in a column beside the measured ones.
+    cell_references: tuple[tuple[Cell, str], ...] = ()
     findings: tuple[Finding, ...] = ()             # the lab's expected findings, judged by the report
 
     def __post_init__(self) -> None:
@@ -156,6 +159,9 @@ class Study:
             object.__setattr__(self, "report_by", self.factors)
             if len({cell_key(c, self.factors) for c in self.cells}) != len(self.cells):
                 raise ValueError(f"study {self.key}: a cell is listed twice")
+        for cell, _ in self.cell_references:
+            if not set(cell) <= set(self.factors):
+                raise ValueError(f"study {self.key}: reference cell {dict(cell)} is not over its factors {self.factors}")
         for finding in self.findings:
             if finding.factor not in self.factors or not set(finding.at) <= set(self.factors):
                 raise ValueError(f"study {self.key}: finding {finding.claim!r} is not about its compared factors "
@@ -164,6 +170,11 @@ class Study:
     @property
     def key(self) -> str:
         return f"{self.lab}/{self.name}"
+
+    def reference_for(self, params: Mapping[str, Any]) -> str:
+        """The lab's number for the cell of `params` (a trial's sampled values), or ""."""
+        return next((text for cell, text in self.cell_references
+                     if all(cell_key(params, (k,)) == cell_key(cell, (k,)) for k in cell)), "")
 
     def base_config(self, profile: str) -> dict[str, Any]:
         return dict(self.profiles[profile].base)

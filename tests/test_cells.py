@@ -80,7 +80,7 @@ def test_cell_points_go_round_the_cells():
     points = cell_points(study, {}, 19)
     assert points[:8] == [dict(c) for c in study.cells] == points[8:16]
     assert points[16:] == [dict(c) for c in study.cells[:3]]
-    assert cell_points(dataclasses.replace(study, cells=(), report_by=(), findings=()), {}, 5) == []
+    assert cell_points(dataclasses.replace(study, cells=(), report_by=(), findings=(), cell_references=()), {}, 5) == []
 
 
 def test_the_search_runs_every_cell_per_cell_times_and_tunes_the_rest():

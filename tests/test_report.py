@@ -55,7 +55,7 @@ def test_report_order_and_best_of_group_come_from_the_ranking(order):
     headers, top = best_configs(study, runs)
     assert headers == ["rank", "run", "config", "best val_acc", "test_acc", "run id"]
     assert [(r[1], r[-1]) for r in top] == [("depth=8 #t5", "`fff`"), ("depth=2 #t0", "`ccc`"), ("depth=2 #t2", "`aaa`")]
-    flat = dataclasses.replace(study, cells=(), report_by=(), findings=(), mode="min")
+    flat = dataclasses.replace(study, cells=(), report_by=(), findings=(), cell_references=(), mode="min")
     _, rows = comparison_table(flat, runs)
     assert [r[-2] for r in rows] == ["0.7000", "0.8000", "0.8000", "0.8500"] and rows[1][-1] == "0.6200"
 
@@ -148,3 +148,13 @@ def test_report_tables_match_the_mlflow_runs(ray_local, tmp_path, monkeypatch):
 
     names = {a.path for a in mlflow.MlflowClient(mlflow_uri(tmp_path)).list_artifacts(search_parent, "report")}
     assert {"report/report.md", "report/report.html"} <= names
+
+
+def test_the_full_profile_table_has_the_labs_number_beside_each_cell_that_has_one():
+    study = get_study("lab1", "residual-mlp")
+    deep = _record("t9", "zzz", 32, 0.95, 0.94)
+    headers, rows = comparison_table(study, [*RECORDS, deep], "full")
+    assert headers[-1] == "lab's reference"
+    assert [(r[0], r[-1]) for r in rows] == [("2", "-"), ("4", "-"), ("8", "-"), ("32", "~94-98%")]
+    quick_headers, _ = comparison_table(study, [*RECORDS, deep], "quick")
+    assert "lab's reference" not in quick_headers  # the lab's numbers are for the full profile's data

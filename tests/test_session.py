@@ -33,7 +33,7 @@ def test_repeats_take_the_best_of_each_group_best_group_first():
     # t1 and t2 tie at 0.90: the lower trial id wins; t4 (NaN) and t5 (no metric) are not ranked.
     assert points == [{"depth": 8, "residual": False, "seed": 0}, {"depth": 8, "residual": False, "seed": 1},
                       {"depth": 2, "residual": True, "seed": 0}, {"depth": 2, "residual": True, "seed": 1}]
-    overall = dataclasses.replace(study, cells=(), report_by=(), findings=())
+    overall = dataclasses.replace(study, cells=(), report_by=(), findings=(), cell_references=())
     assert repeat_points(overall, ROWS, seeds=[5]) == [{"depth": 8, "residual": False, "seed": 5}]
     assert repeat_points(dataclasses.replace(study, mode="min"), ROWS, seeds=[0])[0]["depth"] == 8  # t0: 0.70
 
