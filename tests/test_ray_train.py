@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 def test_two_worker_trial_runs_ddp_with_replicas_in_sync(ray_local, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc = run_cli(tmp_path, "lab1", "--study", "residual-mlp", "--num-samples", "1", "--workers-per-trial", "2",
-                 "--set", "epochs=2", "depth=2")
+                 "--set", "epochs=2", "depth=2", "residual=true")  # the cell that learns in 2 epochs
     assert rc == 0
     child = child_runs(tmp_path, "lab1").iloc[0]
     assert child.status == "FINISHED"

@@ -264,9 +264,14 @@ def test_first_trials_cover_every_variant_and_params_are_conditional(seed):
 # ---------------------------------------------------------------- the lab's finding
 @pytest.mark.slow
 def test_transferred_features_beat_the_same_net_from_scratch_on_a_small_target_set(one_torch_thread):
-    """Digits 0-4 -> 5-9 with 20 target training images, 5 seeds: frozen source features + a linear
-    SVM, and fine-tuning the last two stages, beat the same CNN trained from random initialisation
-    (whose lr gets its own selection on validation)."""
+    """Digits 0-4 -> 5-9 with 20 target training images, 5 seeds: fine-tuning the last two stages of
+    the source CNN beats the same CNN trained from random initialisation (whose lr gets its own
+    selection on validation); frozen source features + a linear SVM are about as good as scratch.
+
+    Measured (each seed draws its own validation split, hence its own 20 training images), mean test
+    accuracy, seeds 0-4 / 0-9: scratch 0.682 / 0.722, linear SVM 0.694 / 0.713, fine-tune 0.761 /
+    0.783 (fine-tune above scratch on 9 of 10 seeds). With one fixed split for every seed (before
+    seeds varied it) the SVM also beat scratch clearly: that was one draw of 20 images."""
     quick = get_study("lab1", "transfer").base_config("quick")
     acc: dict[str, list[float]] = {"scratch": [], "linear-svc": [], "finetune": []}
     for seed in range(5):
@@ -278,8 +283,9 @@ def test_transferred_features_beat_the_same_net_from_scratch_on_a_small_target_s
         acc["finetune"].append(train(TransferConfig(**{**quick, "variant": "finetune", "unfreeze_stages": 2,
                                                        "lr": 3e-3, "seed": seed}), LocalContext())["test_acc"])
     mean = {k: float(np.mean(v)) for k, v in acc.items()}
-    assert mean["linear-svc"] > mean["scratch"] + 0.05, acc
     assert mean["finetune"] > mean["scratch"] + 0.05, acc
+    # frozen features alone: about scratch's level (far above a broken extractor's 0.2, chance on 5 classes)
+    assert mean["linear-svc"] > max(0.5, mean["scratch"] - 0.05), acc
 
 
 
