@@ -5,7 +5,8 @@ The grid is depth x residual x lr {1e-3, 3.16e-3, 1e-2}: 24 trials of the quick 
 192 trial-epochs, run in-process (one process per core). Its target is the best validation
 accuracy any grid trial reached at any epoch. TPE + ASHA runs through the orchestrator's own tuner
 (`orchestrator.tuning.build_tuner`: OptunaSearch with a seeded TPESampler, ASHA with the study's
-grace period of 2 epochs and reduction factor 2, on `val_acc`), one trial at a time, up to 24 trials,
+grace period of 2 epochs and reduction factor 2 within each cell, on `val_acc`; the study's depth x
+residual cells enqueued in turn, TPE choosing lr), one trial at a time, up to 24 trials,
 for several search seeds; it counts the trial-epochs every trial used until one reports the target.
 The ratio is the median of those counts over the grid's 192. Goal: <= 1/3. Every trial trains with
 seed 0 (the CLI's default), so grid and search see the same noise. Gradient-norm probes are off:
