@@ -99,6 +99,14 @@ def best_configs(study: Study, runs: list[dict], k: int = 3) -> tuple[list[str],
     return ["rank", "run", "config", *_headers(study, metrics), "run id"], rows
 
 
+def _typed_order(run: dict, first: Sequence[str]) -> tuple:
+    """A config's place in a table: the compared factors first, then the rest, by value (numbers as
+    numbers: depth 2 before 16)."""
+    names = [*first, *sorted(k for k in run["sampled"] if k not in first and k != "seed")]
+    values = [run["sampled"].get(k) for k in names]
+    return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in values)
+
+
 def repeats_table(study: Study, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     """mean ± std over seeds of each re-run configuration, and the 95% interval of the target's mean."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -107,7 +115,7 @@ def repeats_table(study: Study, runs: list[dict]) -> tuple[list[str], list[list[
         if r["status"] == "FINISHED":
             groups[tuple(sorted((k, _fmt(v)) for k, v in r["sampled"].items() if k != "seed"))].append(r)
     rows = []
-    for key, members in sorted(groups.items()):
+    for key, members in sorted(groups.items(), key=lambda kv: _typed_order(kv[1][0], study.report_by)):
         interval = mean_interval([v for v in (trial_score(r, study.metric) for r in members) if v is not None])
         cells = [f"[{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "-"]
         for m in metrics:
