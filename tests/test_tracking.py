@@ -432,3 +432,22 @@ def test_a_resumed_invocation_keeps_names_ranks_adopted_trials_and_rewrites_its_
     assert "Best of 2 trials: [depth=8 plain (resumed)]" in note and "Do residual connections" in note
     dead.jobs.put(None)  # the dead driver's writer thread, without ending anything
     dead.writer.join()
+
+
+def test_the_notes_judge_findings_on_the_trackers_own_rows():
+    """Rows as MlflowTracker.rows() builds them (typed params, best_<metric>, MLflow statuses): only
+    finished ones count."""
+    from orchestrator.studies import get_study
+    from orchestrator.tracking import notes
+    from orchestrator.tracking.callback import _study_text
+
+    text = _study_text(get_study("lab1", "residual-mlp"), {}, {}, "lab1", "val_acc", "max")
+
+    def row(residual: bool, seed: int, best: float, status: str = "FINISHED") -> dict:
+        return {"trial_id": f"{residual}{seed}", "status": status, "params": {"depth": 8, "residual": residual,
+                "seed": seed}, "metrics": {"best_val_acc": best}}
+
+    rows = [row(True, s, 0.9 + 0.01 * s) for s in (1, 2, 3)] + [row(False, s, 0.2) for s in (1, 2, 3)]
+    [line] = notes.verdict_lines(text, rows + [row(False, 4, 0.99, status="KILLED")])
+    assert line.startswith("the skip keeps the deepest MLP trainable: residual − plain best_val_acc at depth=8: +0.720 [")
+    assert line.endswith("(3 vs 3 seeds): holds")
