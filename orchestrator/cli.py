@@ -466,7 +466,7 @@ def cmd_list() -> None:
 
 
 def _describe_cells(s: Study) -> str:
-    """`compares depth x residual: 12 cells; trials: quick 12 x 2 = 24, full 12 x 2 = 24`."""
+    """`compares depth x residual: 12 cells; trials (cells x per cell): quick 12 x 2 = 24, full 12 x 2 = 24`."""
     budgets = []
     for k in PROFILES:
         cells, per_cell = s.trials(k) // s.profiles[k].per_cell, s.profiles[k].per_cell
