@@ -31,9 +31,16 @@ def ray_local():
     """A private local Ray for the module (never joins another instance on the machine)."""
     import ray
 
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
     ray.init(address="local", num_cpus=4, object_store_memory=300 * 2**20, log_to_driver=False)
     yield
     ray.shutdown()
+    # ray.init turns token auth on for this process's environment (RAY_AUTH_MODE=token); later modules'
+    # subprocesses must not inherit a setting no test chose.
+    if auth_mode is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = auth_mode
 
 
 # Every run.py a test starts gets this (or an explicit address): the suite never joins, or is killed

@@ -50,6 +50,10 @@ mount --bind "$DLA_RO" "$DLA_RO" && mount -o remount,bind,ro "$DLA_RO"
 """
 
 
+# What Ray writes into this process's environment for itself (not settings a test chose).
+_PROCESS_LOCAL = frozenset({"RAY_AUTH_MODE"})
+
+
 def unavailable(*tools: str) -> str | None:
     """Why isolated runs cannot happen here (a reason to print with pytest.skip), or None."""
     if sys.platform != "linux":
@@ -72,7 +76,11 @@ def run_isolated(script: str, work: Path, timeout_s: float, env: dict[str, str] 
     log = log or work / "isolated.log"
     bin_dir = str(Path(sys.executable).parent)
     keep = " ".join(str(p) for p in (work, Path(__file__).resolve().parents[1], Path(sys.prefix)))
-    full_env = {**os.environ, "DLA_WORK": str(work), "DLA_KEEP": keep, "DLA_PYTHON": sys.executable, "DLA_LOOPBACK_UP": _LOOPBACK_UP,
+    # A machine of its own starts with Ray's defaults: ray.init() in this process (the ray_local fixture)
+    # sets RAY_AUTH_MODE=token in os.environ, and a `ray start` in here would then look for a token in
+    # the private HOME, find none and refuse to start.
+    inherited = {k: v for k, v in os.environ.items() if k not in _PROCESS_LOCAL}
+    full_env = {**inherited, "DLA_WORK": str(work), "DLA_KEEP": keep, "DLA_PYTHON": sys.executable, "DLA_LOOPBACK_UP": _LOOPBACK_UP,
                 "DLA_MACHINE": MACHINE,
                 "DLA_RO": sysconfig.get_paths()["purelib"], "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
                 **(env or {})}
