@@ -330,12 +330,19 @@ def _check_sqlite(uri: str, path: Path, what: str, must_exist: bool) -> None:
         return
     if not path.is_file():
         raise UsageError(f"{what} {uri}: {path} is not a file")
+    # Even read-only, SQLite makes -wal / -shm files beside a database whose header says WAL mode
+    # (a corrupt one too): the check removes those it made, so a refused store is left as it was.
+    sidecars = [path.with_name(path.name + end) for end in ("-wal", "-shm")]
+    existed = {p for p in sidecars if p.exists()}
     try:
         with contextlib.closing(sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True)) as con:
             check = con.execute("PRAGMA quick_check").fetchone()[0]
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.Error as e:
         raise UsageError(f"{what} {uri}: {path} is not a readable SQLite database ({e})") from None
+    finally:
+        for made in set(sidecars) - existed:
+            made.unlink(missing_ok=True)
     if check != "ok":
         raise UsageError(f"{what} {uri}: {path} is corrupt (SQLite quick_check: {_one_line(str(check))})")
     if tables and "experiments" not in tables:

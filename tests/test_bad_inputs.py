@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 import shutil
 import sqlite3
 import tempfile
@@ -44,7 +45,10 @@ def place(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     (tmp_path / "file").write_text("a file, not a folder")
-    (tmp_path / "corrupt.db").write_bytes(b"SQLite format 3\x00" + os.urandom(3000))
+    noise = random.Random(0).randbytes(3000)  # seeded: the same corrupt store every run
+    (tmp_path / "corrupt.db").write_bytes(b"SQLite format 3\x00" + noise)
+    # a corrupt store whose header says WAL mode (bytes 18-19 = 2): SQLite makes -wal / -shm files to read it
+    (tmp_path / "wal.db").write_bytes(b"SQLite format 3\x00" + b"\x10\x00\x02\x02" + noise[4:])
     (tmp_path / "garbage.db").write_bytes(b"not a database at all\n" * 50)
     (tmp_path / "folder.db").mkdir()
     with sqlite3.connect(tmp_path / "other.db") as con:
@@ -108,6 +112,7 @@ BAD = [
     (["lab1", "--storage", "foo://bucket/results"], "foo"),
     (["lab1", "--mlflow-uri", "sqlite:///{tmp}/corrupt.db"], "corrupt.db"),
     (["lab1", "--mlflow-uri", "sqlite:///{tmp}/garbage.db"], "not a readable SQLite database"),
+    (["lab1", "--mlflow-uri", "sqlite:///{tmp}/wal.db"], "wal.db"),
     (["lab1", "--mlflow-uri", "sqlite:///{tmp}/folder.db"], "not a file"),
     (["lab1", "--mlflow-uri", "sqlite:///{tmp}/other.db"], "not an MLflow tracking store"),
     (["lab1", "--mlflow-uri", "http://[::1"], "not a valid address"),
