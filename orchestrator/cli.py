@@ -468,6 +468,11 @@ def cmd_list() -> None:
             asha = ("ASHA within each cell" if s.cells else "ASHA") if s.early_stopping else "none"
             print(f"    target: {s.mode} {s.metric}; early stopping: {asha}; GPUs per trial: {s.gpus_per_trial:g}")
             print(f"    {_describe_cells(s)}")
+            if s.source is not None:  # what its trials start from (orchestrator.sources resolves it)
+                found = ", ".join(dict.fromkeys(n for group in s.source.candidates for n in group))
+                print("    starts from a trained model: --set source_run=ID, else "
+                      + (f"the best fitting trial of the latest {found} study, else " if found else "")
+                      + "trained once for the study")
             for param, dist in registry.describe_space(s.space).items():
                 print(f"    {param}: {dist}")
 

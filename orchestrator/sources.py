@@ -58,8 +58,8 @@ def resolve_source(study: Study, base: dict[str, Any], lookup: Lookup) -> dict[s
         if path is not None:
             return {**base, "source_run": run_id, "source_checkpoint": path}
         print(f"{reason}; looking further", flush=True)
-    print("no source model in MLflow fits: each trial trains the source CNN first (seeded; shared through "
-          f"{lookup.workdir})", flush=True)
+    looked = "no source model in MLflow fits" if source.candidates else "no model given (--set source_run=...)"
+    print(f"{looked}: {source.when_none.format(where=lookup.workdir)}", flush=True)
     return {**base, "source_run": "", "source_checkpoint": "", "source_cache": str(Path(lookup.workdir).resolve())}
 
 

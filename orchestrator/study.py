@@ -111,6 +111,8 @@ class SourceModel:
     load: Callable[[str], tuple[Any, Any]]         # checkpoint path -> (its config, the model)
     conflict: Callable[[Any, Any, Mapping[str, Any]], str | None]  # (config, model, base) -> why unfit, or None
     lab: str = ""                                  # MLflow experiment of the candidates; "": the study's lab
+    # what happens when none is given or found ({where}: the shared folder)
+    when_none: str = "each trial trains the source CNN first (seeded; shared through {where})"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,17 @@ if TYPE_CHECKING:  # annotations only: trial processes need not import optuna
 ODIN_TEMPERATURES = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
 # The compared factors' values (the studies' cells in orchestrator/catalog/lab4.py are these).
 FGSM_MODELS = ("mlp", "cnn")
+TARGETS = tuple(range(10))  # the targeted attack's classes (digits, CIFAR-10)
 ADV_MIXES = (0.0, 0.5, 1.0)  # adversarial fraction of each batch; 0: standard training, the baseline
+
+
+def classifier(trial: optuna.Trial) -> None:
+    """The plain training recipe of the model the post-hoc studies probe: optimizer, each with its own
+    lr range (Adam on the quick profile's digits, SGD on the full profile's CIFAR-10, as in Lab 1)."""
+    if trial.suggest_categorical("optimizer", ("adam", "sgd")) == "sgd":
+        trial.suggest_float("lr", 1e-2, 2e-1, log=True)
+    else:
+        trial.suggest_float("lr", 1e-3, 1e-2, log=True)
 
 
 def ood(trial: optuna.Trial) -> None:
@@ -40,5 +50,5 @@ def adv_train(trial: optuna.Trial) -> None:
 
 def targeted(trial: optuna.Trial) -> None:
     """Target class and L-inf budget of the iterative targeted attack."""
-    trial.suggest_int("target", 0, 9)
+    trial.suggest_categorical("target", TARGETS)
     trial.suggest_float("epsilon", 1 / 255, 0.3, log=True)

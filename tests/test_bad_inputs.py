@@ -125,6 +125,9 @@ BAD = [
     (["lab1", "--study", "transfer", "--set", "source_run=doesnotexist"], "no MLflow run"),
     (["lab1", "--study", "cam", "--set", "source_checkpoint={tmp}/none.pt"], "source_checkpoint"),
     (["lab1", "--study", "transfer", "--set", "source_checkpoint={tmp}/file"], "source_checkpoint"),
+    (["lab4", "--study", "fgsm", "--set", "source_run=doesnotexist"], "no MLflow run"),
+    (["lab4", "--study", "ood", "--set", "source_checkpoint={tmp}/file"], "source_checkpoint"),
+    (["lab4", "--study", "adv-train", "--set", "source_run=abc"], "source_run"),  # trains its own model
     (["lab1", "--resume"], "nothing to resume"),
     (["lab1", "--resume", "--study", "nope"], "nope"),
     (["lab1", "--resume", "--study", "resnet", "--study", "resnet"], "given twice"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["data_path", "overhead", "logging_cost", "adversarial", "search"]
+SCRIPTS = ["data_path", "overhead", "logging_cost", "adversarial", "search", "posthoc"]
 
 
 @pytest.mark.slow

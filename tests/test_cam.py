@@ -155,3 +155,32 @@ def test_the_first_five_cam_trials_cover_every_method_and_layer(seed):
         searcher.on_trial_complete(f"t{i}", {"val_faithfulness": float(i)})
     assert sorted(seen) == sorted([("cam", "last"), ("gradcam", "last"), ("gradcam", "previous"),
                                    ("gradcam++", "last"), ("gradcam++", "previous")])
+
+
+def test_cam_trials_that_start_together_train_the_source_cnn_once(tmp_path, monkeypatch):
+    """Without a source model in MLflow, the study's trials share a folder (`source_cache`): the
+    first trains the source CNN under the folder's lock, the others wait and load it."""
+    import threading
+
+    from trainables.lab1 import source
+
+    calls = []
+    real = source.train_source
+
+    def counting(src, ctx):
+        calls.append(1)
+        return real(src, ctx)
+
+    monkeypatch.setattr(source, "train_source", counting)
+    monkeypatch.setattr(source, "_TRAINED", {})
+    done = []
+    threads = [threading.Thread(target=lambda m=m: done.append(source.obtain_source(
+        CamConfig(**{**QUICK, "source_epochs": 1}, method=m, source_cache=str(tmp_path)), 0, LocalContext())))
+        for m in ("cam", "gradcam", "cam")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert len(done) == 3 and len(calls) == 1
+    states = [m.state_dict() for _, m, _ in done]
+    assert all(torch.equal(states[0][k], s[k]) for s in states[1:] for k in states[0])

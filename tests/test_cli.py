@@ -71,7 +71,8 @@ def test_list_prints_labs_studies_spaces_and_metrics(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     for text in ("lab1", "mlp-capacity", "residual-mlp", "residual-cnn", "resnet", "depth: {1, 2, 4, 8, 16, 32}",
-                 "residual: {False, True}", "target: max val_acc", "GPUs per trial: 0.25"):
+                 "residual: {False, True}", "target: max val_acc", "GPUs per trial: 0.25",
+                 "  classifier: ", "best fitting trial of the latest classifier study, else trained once"):
         assert text in out, text
 
 

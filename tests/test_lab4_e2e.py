@@ -10,6 +10,7 @@ from tests.conftest import mlflow_uri, run_cli, runs
 pytestmark = pytest.mark.slow
 
 CASES = {
+    "classifier": (["optimizer", "lr"], ["val_acc", "test_acc", "ae_val_loss"], []),
     "ood": (["temperature", "odin_eps"], ["val_auroc", "auroc/ae", "auroc/odin", "aupr_in/msp", "aupr_out/energy",
                                           "fpr95/maxlogit"],
             ["figures/ood_histograms.png", "figures/ood_roc_pr.png", "ood_curves.json"]),
@@ -49,7 +50,37 @@ def test_study_runs_as_a_tune_study_logged_to_mlflow(ray_local, tmp_path, monkey
     for name in metrics:
         assert children[f"metrics.{name}"].notna().all(), name
     client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    post_hoc = study in ("ood", "fgsm", "targeted")
     for run_id in children.run_id:
-        assert set(files) | {"config.json", "figures/curves.png", "checkpoint/model.pt"} <= _artifacts(client, run_id)
-        assert sorted(m.step for m in client.get_metric_history(run_id, "val_acc")) == [1, 2]
-    assert "figures/comparison.png" in _artifacts(client, parents.run_id.iloc[0])
+        # (a one-step history has no curves to draw)
+        assert set(files) | {"config.json"} | ({"figures/curves.png"} if not post_hoc else set()) \
+            <= _artifacts(client, run_id)
+        # a post-hoc trial probes the trained model once: its training's last epoch is its one step
+        steps = sorted(m.step for m in client.get_metric_history(run_id, "val_acc"))
+        assert steps == ([2] if post_hoc else [1, 2])
+    if post_hoc:  # trained once: the trial that trained it keeps the model, every trial names it
+        assert children["tags.probed_model"].notna().all()
+        with_model = [r for r in children.run_id if "checkpoint/model.pt" in _artifacts(client, r)]
+        # one model per architecture: fgsm's cells are the MLP and the CNN
+        assert len(with_model) == (children["params.model"].nunique() if study == "fgsm" else 1)
+    else:
+        assert all("checkpoint/model.pt" in _artifacts(client, r) for r in children.run_id)
+    if study != "classifier":
+        assert "figures/comparison.png" in _artifacts(client, parents.run_id.iloc[0])
+
+
+def test_the_post_hoc_studies_probe_the_classifier_studys_best_model(ray_local, tmp_path, monkeypatch, capsys):
+    """A `classifier` study first, then `ood` with the same data, architecture and seed: ood's trials
+    probe the classifier study's best trial (found in MLflow), training nothing themselves."""
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(tmp_path, "lab4", "--study", "classifier", "--num-samples", "2", "--set", "epochs=2") == 0
+    df = runs(tmp_path, "lab4")
+    best = df[df["tags.mlflow.parentRunId"].isna()]["tags.best_run_id"].iloc[0]
+    capsys.readouterr()
+    assert run_cli(tmp_path, "lab4", "--study", "ood", "--num-samples", "2", "--set", "epochs=2") == 0
+    assert f"source model: MLflow run {best}" in capsys.readouterr().out
+    df = runs(tmp_path, "lab4")
+    ood = df[(df["tags.study"] == "ood") & df["tags.mlflow.parentRunId"].notna()]
+    assert len(ood) == 2 and set(ood["tags.probed_model"]) == {best} and set(ood["params.source_run"]) == {best}
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    assert not any("checkpoint/model.pt" in _artifacts(client, r) for r in ood.run_id)

@@ -44,7 +44,14 @@ def test_a_declared_source_names_existing_studies_and_config_fields(study):
     assert {"source_run", "source_checkpoint", "source_cache"} <= set(field_names(study.config_cls))
 
 
-def test_lab1_transfer_and_cam_declare_their_source_cnn():
-    assert [s.name for s in ALL if s.source is not None] == ["transfer", "cam"]
+def test_the_studies_that_start_from_a_trained_model_declare_it():
+    """Lab 1's transfer and CAM start from a CNN; Lab 4's post-hoc studies probe the classifier
+    study's model, and that study runs first in the lab (a whole-lab run trains it before them)."""
+    assert [s.key for s in ALL if s.source is not None] == ["lab1/transfer", "lab1/cam", "lab4/ood", "lab4/fgsm",
+                                                             "lab4/targeted"]
+    lab4 = [s.name for s in studies_of("lab4")]
+    assert lab4[0] == "classifier"
+    for name in ("ood", "fgsm", "targeted"):
+        assert get_study("lab4", name).source.candidates == (("classifier",),)
     assert get_study("lab1", "transfer").source.candidates == (("residual-cnn", "resnet"), ("residual-cnn",),
                                                                 ("resnet",))

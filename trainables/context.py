@@ -13,13 +13,15 @@ without guessing from metric names; LocalContext sets `finished`.
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 import torch
 from torch import nn
@@ -65,6 +67,21 @@ def read_state(folder: Path) -> dict[str, Any] | None:
         return None
     # weights_only: a checkpoint is data, never code to run.
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_model_file(path: str | Path, kind: str = "model") -> dict[str, Any]:
+    """A saved {"model": state dict, "config": dict, ...} (the tracker's `model.pt`). One-line errors
+    without the path (callers say which file): FileNotFoundError when missing, ValueError when it is
+    not a `kind` checkpoint."""
+    if not Path(path).is_file():
+        raise FileNotFoundError("checkpoint file does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # data, never code
+    except Exception as e:  # truncated zip, pickle garbage, disallowed globals, ...
+        raise ValueError(f"checkpoint is unreadable ({type(e).__name__})") from None
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("config"), dict)):
+        raise ValueError(f"not a {kind} checkpoint (needs 'model' and 'config')")
+    return ckpt
 
 
 def default_device() -> torch.device:
@@ -128,3 +145,16 @@ class LocalContext:
 def scratch_dir() -> Path:
     """A fresh temporary folder for building a checkpoint before handing it to Ray."""
     return Path(tempfile.mkdtemp(prefix="dla-ckpt-", dir=os.environ.get("DLA_TMP")))
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (flock: the kernel releases it if the holder dies), so that of the
+    trials sharing a folder one trains the model they need and the others wait for it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from search_spaces import lab4 as spaces
 from trainables.lab4 import figures as lab4_figures, robustness
 
-from ..study import Finding, LabTable, Profile, Study, grid
+from ..study import Finding, LabTable, Profile, SourceModel, Study, grid
 
 DIGITS_GRID = (0.0, 0.025, 0.05, 0.1, 0.2, 0.3)  # pixel units: 0, 6.4, 12.8, 25.5, 51, 76.5 /255
 
@@ -22,7 +22,26 @@ _FULL = {"dataset": "cifar10", "model": "resnet18", "epochs": 30, "batch_size": 
          "eps_grid": robustness.CIFAR_GRID, "epsilon": 8 / 255, "eval_eps": 8 / 255, "attack_step": 1 / 255,
          "attack_steps": 50, "ae_width": 32, "ae_latent": 128, "ae_lr": 1e-3}
 
+# The post-hoc studies (ood, fgsm, targeted) probe a trained model: `--set source_run=<MLflow run>`, else
+# the best trial of the latest `classifier` study that fits (same data, classes, architecture and split),
+# else the first trial trains one and the others probe it (trainables/lab4/shared.py).
+_PROBED = SourceModel(candidates=(("classifier",),), load=robustness.load_probed,
+                      conflict=robustness.probed_conflict,
+                      when_none="the first trial trains the model once (seeded), the others wait and probe it "
+                                "(shared through {where})")
+
 STUDIES = [
+    Study(lab="lab4", name="classifier",
+          question="How well does the classifier (and autoencoder) that the OOD and attack studies probe learn?",
+          trainable=robustness.train, config_cls=robustness.Lab4Config, space=spaces.classifier,
+          # quick: the ood study's CNN (fgsm and targeted probe other architectures there); full: the ResNet-18
+          # that every post-hoc study probes
+          profiles={"quick": Profile(base={**_QUICK, "task": "train"}, per_cell=4, searched=("lr",)),
+                    "full": Profile(base={**_FULL, "task": "train"}, per_cell=4, datasets=("cifar10",),
+                                    searched=("optimizer", "lr"))},
+          metric="val_acc", early_stopping=True, grace_period=3, gpus_per_trial=0.5,
+          report_metrics=("test_acc", "ae_val_loss"),
+          references="ResNet-18 on CIFAR-10 with SGD, 30 epochs: ~93-95% test accuracy."),
     Study(lab="lab4", name="ood",
           question="Which score separates ID from OOD images best (MSP, max logit, energy, ODIN, autoencoder)?",
           trainable=robustness.train, config_cls=robustness.Lab4Config, space=spaces.ood,
@@ -30,6 +49,7 @@ STUDIES = [
                     "full": Profile(base={**_FULL, "task": "ood", "ood_set": "cifar100"}, per_cell=20,
                                     datasets=("cifar10", "cifar100", "svhn"))},
           metric="val_auroc", early_stopping=False, gpus_per_trial=0.5, compare=lab4_figures.ood_compare,
+          source=_PROBED,
           report_by=("temperature", "odin_eps"),
           report_metrics=("auroc/msp", "auroc/msp_t", "auroc/maxlogit", "auroc/energy", "auroc/odin", "auroc/ae",
                           "fpr95/msp", "fpr95/energy"),
@@ -44,8 +64,9 @@ STUDIES = [
                                      searched=("model", "epsilon")),
                     "full": Profile(base={**_FULL, "task": "fgsm"}, per_cell=6, datasets=("cifar10",),
                                     pinned=("model",), searched=("epsilon",))},
-          metric="val_acc", early_stopping=False, gpus_per_trial=0.5, compare=lab4_figures.fgsm_compare,
-          cells=grid(model=spaces.FGSM_MODELS),
+          # single-step success at the trial's eps (validation): what the eps search changes
+          metric="val_success_rate", early_stopping=False, gpus_per_trial=0.5, compare=lab4_figures.fgsm_compare,
+          cells=grid(model=spaces.FGSM_MODELS), source=_PROBED,
           # accuracy at every eps of the profile's grid, one column each (the lab's accuracy-vs-eps table)
           report_metrics=("test_acc", "acc_eps/*", "success_rate", "iter_success_rate", "mean_linf_255"),
           references="Accuracy vs eps (0/1/2/4/8/16 /255) of a CIFAR ResNet-20: 83.1 / 55.3 / 35.5 / 20.3 / 14.1 / "
@@ -70,12 +91,13 @@ STUDIES = [
     Study(lab="lab4", name="targeted",
           question="How large a budget does iterative targeted FGSM need, per target class?",
           trainable=robustness.train, config_cls=robustness.Lab4Config, space=spaces.targeted,
-          profiles={"quick": Profile(base={**_QUICK, "task": "targeted", "model": "mlp", "width": 64}, per_cell=6,
+          profiles={"quick": Profile(base={**_QUICK, "task": "targeted", "model": "mlp", "width": 64}, per_cell=2,
                                      searched=("epsilon",)),
-                    "full": Profile(base={**_FULL, "task": "targeted"}, per_cell=10, datasets=("cifar10",),
+                    "full": Profile(base={**_FULL, "task": "targeted"}, per_cell=2, datasets=("cifar10",),
                                     searched=("epsilon",))},
-          metric="val_acc", early_stopping=False, gpus_per_trial=0.5, compare=lab4_figures.targeted_compare,
-          report_by=("target", "epsilon"),
+          # success toward the trial's target within its budget (validation); every target class is a cell
+          metric="val_success_rate", early_stopping=False, gpus_per_trial=0.5,
+          compare=lab4_figures.targeted_compare, cells=grid(target=spaces.TARGETS), source=_PROBED,
           report_metrics=("success_rate", "success_within_steps", "mean_linf", "test_acc"),
           references="Targeted success at eps 0.025: ~13-37% depending on the target class."),
 ]

@@ -503,12 +503,17 @@ class MlflowTracker(tune.Callback):
                 # Small JSON results (curves, per-class tables) also feed the parent-run comparison.
                 self.files[trial.trial_id] = {p.name: json.loads(p.read_text()) for p in files.glob("*.json")
                                               if p.stat().st_size < 2**20}
+                # A post-hoc trial names the trained model it probed (trainables/lab4/shared.py).
+                if isinstance(probed := self.files[trial.trial_id].get("probed_model.json"), dict):
+                    self.client.set_tag(run_id, "probed_model", str(probed.get("model", ""))[:5000])
             state_file = Path(folder) / STATE_FILE
             state = torch.load(state_file, map_location="cpu", weights_only=True) \
                 if with_model and state_file.exists() else {}
             if "model" in state:
                 with tempfile.TemporaryDirectory() as tmp:
-                    torch.save({"model": state["model"], "config": state.get("config", {})}, Path(tmp) / "model.pt")
+                    saved = {"model": state["model"], "config": state.get("config", {}),
+                             **({"ae": state["ae"]} if "ae" in state else {})}  # Lab 4 ood's autoencoder
+                    torch.save(saved, Path(tmp) / "model.pt")
                     self.client.log_artifact(run_id, str(Path(tmp) / "model.pt"), "checkpoint")
 
     def _summarise(self, rows: list[dict[str, Any]]) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from ..config import Config, ConfigError, check, field_names, from_dict
-from ..context import Context, LocalContext
+from ..context import Context, LocalContext, locked, read_model_file
 from ..data import STATS, Dataset
 from ..models import ConvNet, build_model
 from ..recipe import Optimizer, check_depth, recipe_field
@@ -80,14 +80,7 @@ def in_channels(dataset: str) -> int:
 def read_checkpoint(path: str | Path) -> tuple[Lab1Config, dict[str, torch.Tensor]]:
     """(config, state dict) of a Lab 1 checkpoint. One-line errors, without the path (callers say
     which checkpoint): FileNotFoundError when missing, ValueError when it is not a usable one."""
-    if not Path(path).is_file():
-        raise FileNotFoundError("checkpoint file does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # data, never code
-    except Exception as e:  # truncated zip, pickle garbage, disallowed globals, ...
-        raise ValueError(f"checkpoint is unreadable ({type(e).__name__})") from None
-    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("config"), dict)):
-        raise ValueError("not a Lab 1 checkpoint (needs 'model' and 'config')")
+    ckpt = read_model_file(path, "Lab 1")
     known = set(field_names(Lab1Config))
     try:
         cfg = from_dict(Lab1Config, {k: v for k, v in ckpt["config"].items() if k in known})
@@ -187,11 +180,14 @@ def obtain_source(cfg: SourceFields, seed: int, ctx: Context, *, weights: bool =
         model = build_model(src, (in_channels(src.dataset), IMAGE_SIZE[src.dataset], IMAGE_SIZE[src.dataset]),
                             classes, data_stats[0], data_stats[1])
         return src, model, {}  # type: ignore[return-value]
-    cached = Path(cfg.source_cache) / f"source-{_digest(src)}.pt" if cfg.source_cache else None
-    if cached is not None and cached.is_file():
-        return src, model_from_state(src, read_checkpoint(cached)[1]), {}
-    state, metrics = train_source(src, ctx)
-    if cached is not None and ctx.rank == 0:
+    if not cfg.source_cache:
+        state, metrics = train_source(src, ctx)
+        return src, model_from_state(src, state), dict(metrics)
+    cached = Path(cfg.source_cache) / f"source-{_digest(src)}.pt"
+    with locked(cached.with_suffix(".lock")):  # the first trial trains it, the others wait and load it
+        if cached.is_file():
+            return src, model_from_state(src, read_checkpoint(cached)[1]), {}
+        state, metrics = train_source(src, ctx)
         write_checkpoint_file(cached, src, state)
     return src, model_from_state(src, state), dict(metrics)
 

@@ -126,6 +126,27 @@ def fgsm_study(cfg: Any, model: nn.Module, data: ImageData) -> tuple[dict[str, f
     return metrics, files
 
 
+# ---------------------------------------------------------------------------------------- the searched knob, on validation
+def val_attack(cfg: Any, model: nn.Module, data: ImageData) -> dict[str, float]:
+    """The search target of the attack studies, on (the first `max_eval`) validation images, so that
+    it depends on what they search: `fgsm`, single-step success rate at the trial's eps (it is not
+    monotone in eps: large steps overshoot); `targeted`, the fraction of images of other classes that
+    iterative targeted FGSM moves to the trial's `target` within its budget `epsilon`."""
+    model.eval()
+    if cfg.task == "fgsm":
+        val = _subset(data.val, cfg.max_eval)
+        x, y = to_float(val.x), val.y
+        (x_adv,) = _batched(lambda a, b: fgsm(model, a, b, cfg.epsilon), x, y)
+        return {"val_success_rate": success_rate(model, x, y, x_adv)}
+    keep = data.val.y != cfg.target
+    val = _subset(Split(data.val.x[keep], data.val.y[keep]), cfg.max_eval)
+    x, y = to_float(val.x), val.y
+    budget_steps = min(cfg.attack_steps, max(1, int(cfg.epsilon / cfg.attack_step + 1e-6)))
+    _, linf = _batched(lambda a, b, t: iterative_fgsm(model, a, b, step=cfg.attack_step, max_steps=budget_steps,
+                                                      target=t), x, y, torch.full_like(y, cfg.target))
+    return {"val_success_rate": float((linf <= cfg.epsilon + 1e-6).float().mean()) if len(linf) else 0.0}
+
+
 # ---------------------------------------------------------------------------------------- targeted
 def targeted_study(cfg: Any, model: nn.Module, data: ImageData) -> tuple[dict[str, float], dict[str, bytes]]:
     """Iterative targeted FGSM toward `target` on test images of every other class: success rate

@@ -28,8 +28,9 @@ def score_histograms(id_scores: Mapping[str, np.ndarray], ood_scores: Mapping[st
     for ax, name in zip(axes.flat, names):
         both = np.r_[id_scores[name], ood_scores[name]]
         bins = np.linspace(both.min(), both.max() + 1e-12, 40)
-        ax.hist(id_scores[name], bins=bins, alpha=0.6, density=True, label="ID")
-        ax.hist(ood_scores[name], bins=bins, alpha=0.6, density=True, label=f"OOD ({ood_set})")
+        # stairs of np.histogram: one patch per series (ax.hist draws 40 bars each, ~5x the drawing time)
+        for scores, label in ((id_scores[name], "ID"), (ood_scores[name], f"OOD ({ood_set})")):
+            ax.stairs(np.histogram(scores, bins=bins, density=True)[0], bins, fill=True, alpha=0.6, label=label)
         ax.set_title(name)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(names):]:

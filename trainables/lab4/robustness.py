@@ -1,6 +1,7 @@
 """Lab 4: OOD detection and adversarial robustness (FGSM, PGD, adversarial training, targeted attacks).
 
 One config, the task a field of it:
+  train      the classifier and its autoencoder, plainly: the model the post-hoc tasks below probe
   ood        classifier (+ autoencoder) on the ID set; OOD scores and detection metrics
   fgsm       classifier; accuracy vs FGSM eps, single-step and iterative attacks
   adv-train  classifier trained on FGSM-with-random-start examples (Wong et al. 2020); robustness
@@ -16,25 +17,27 @@ Through the orchestrator: python orchestrator/run.py lab4 --study fgsm
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import bounded, check
-from ..context import Context, json_bytes
+from ..config import bounded, check, from_dict
+from ..context import Context, LocalContext, json_bytes
 from ..data import ImageData, Split, batches, to_float
 from ..models import build_model
 from ..recipe import ImageRecipe, Model, load_data
 from ..training import (Perturb, Speed, evaluate, make_optimizer, make_scheduler, train_and_validate, train_one_epoch,
                        training_net, weights_digest)
-from . import evaluation
+from . import evaluation, shared
 from .attacks import fgsm, fgsm_rs, pgd
 from .ood import ConvAutoencoder
 
-Task = Literal["ood", "fgsm", "adv-train", "targeted"]
+Task = Literal["train", "ood", "fgsm", "adv-train", "targeted"]
 OodSet = Literal["heldout", "noise", "fakedata", "cifar100", "svhn"]
 Score = Literal["msp", "msp_t", "maxlogit", "energy", "odin", "ae"]
 CIFAR_GRID = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
@@ -87,6 +90,11 @@ class Lab4Config(ImageRecipe):
     co_ratio: float = bounded(0.5, gt=0, lt=1)  # PGD acc below co_ratio x its best = catastrophic overfitting
     co_gap: float = bounded(0.3, gt=0, le=1)  # ... or FGSM acc - PGD acc above this (on the probe batch)
     co_batch: int = bounded(256, ge=1)  # fixed validation images of the per-epoch PGD check
+    # the trained model a post-hoc task (ood, fgsm, targeted) probes (trainables/lab4/shared.py)
+    source_run: str = ""               # MLflow run id (--set source_run=...); the driver resolves it
+    source_checkpoint: str = ""        # absolute path of that run's model.pt, filled in by the driver
+    source_cache: str = ""             # folder shared by the study's trials (driver-set): the first trial
+                                       # to need the model trains it there, the others load it
 
     def check(self) -> None:
         super().check()
@@ -96,6 +104,10 @@ class Lab4Config(ImageRecipe):
               "heldout needs `classes` to keep some labels out (e.g. classes=0,1,2,3,4)")
         check(self.ood_set not in ("cifar100", "svhn") or self.dataset == "cifar10", "ood_set",
               f"{self.ood_set} is an OOD set for CIFAR-10 (3x32x32) only, not {self.dataset}")
+        check(self.source_run == "" or self.source_run.strip() == self.source_run, "source_run",
+              "must be a run id without spaces")
+        check(not (self.source_run or self.source_checkpoint) or self.task in shared.POST_HOC, "source_run",
+              f"only the post-hoc tasks ({', '.join(shared.POST_HOC)}) probe a given model; {self.task} trains its own")
 
 
 def build_classifier(cfg: Lab4Config, data: ImageData) -> nn.Module:
@@ -229,7 +241,7 @@ def build(cfg: Lab4Config, ctx: Context, data: ImageData) -> tuple[Models, nn.Mo
     steps = -(-(len(data.train) // ctx.world_size) // cfg.batch_size)  # per epoch, on this rank's shard
     sched = make_scheduler(opt, cfg.schedule, cfg.epochs * steps)
     models = Models(model, opt, sched, speed)
-    if cfg.task == "ood":
+    if shared.needs_autoencoder(cfg.task):
         models.ae = ConvAutoencoder(data.shape, cfg.ae_width, cfg.ae_latent).to(ctx.device)
         models.ae_opt = torch.optim.Adam(models.ae.parameters(), lr=cfg.ae_lr)
     return models, net
@@ -260,26 +272,28 @@ def check_overfitting(cfg: Lab4Config, m: Models, probe: tuple[torch.Tensor, tor
 
 
 def train(cfg: Lab4Config, ctx: Context) -> dict[str, float]:
-    """Trains the classifier (and, for `ood`, the autoencoder), reporting per-epoch metrics with a
-    checkpoint; after the last epoch (or a catastrophic-overfitting stop) runs the task's evaluation
-    and reports it once, with its figures and JSON files."""
+    """train / adv-train: trains the classifier (train: and the autoencoder), reporting per-epoch
+    metrics with a checkpoint; after the last epoch (or adv-train's catastrophic-overfitting stop) runs
+    the evaluation and reports it once, with its figures and JSON files. The post-hoc tasks probe a
+    model trained once for their study (`probe`)."""
     torch.manual_seed(cfg.seed)
     data = load_data(cfg, ctx)
     if cfg.task == "targeted":
         check(cfg.target < data.num_classes, "target", f"must be < {data.num_classes} classes, got {cfg.target}")
+    if cfg.task in shared.POST_HOC:
+        return probe(cfg, ctx, data)
     m, net = build(cfg, ctx, data)
     start = m.load(state) if (state := ctx.restore()) is not None else 0
-    probe = (to_float(data.val.x[:cfg.co_batch]), data.val.y[:cfg.co_batch])
-    ood = evaluation.load_ood(cfg, ctx, data) if cfg.task in ("ood", "adv-train") else None
+    adversarial = cfg.task == "adv-train"
+    probe_batch = (to_float(data.val.x[:cfg.co_batch]), data.val.y[:cfg.co_batch])
+    ood = evaluation.load_ood(cfg, ctx, data) if adversarial else None
 
     metrics: dict[str, float] = {}
     for epoch in range(start, cfg.epochs):
         metrics = run_epoch(cfg, ctx, m, net, data, epoch)
-        if cfg.task == "ood":  # the target is tracked every epoch (Tune wants it in every result)
-            metrics.update(evaluation.val_auroc(cfg, m.model, m.ae, data, ood))
         stop = False
-        if cfg.task == "adv-train":
-            probed, stop = check_overfitting(cfg, m, probe, epoch)
+        if adversarial:
+            probed, stop = check_overfitting(cfg, m, probe_batch, epoch)
             metrics.update(probed)
         files, last = None, stop or epoch + 1 == cfg.epochs
         if last:
@@ -287,7 +301,7 @@ def train(cfg: Lab4Config, ctx: Context) -> dict[str, float]:
                 m.model.load_state_dict(m.best_weights)
             final, files = final_evaluation(cfg, m.model, m.ae, data, ood)
             metrics.update(final, weights_digest=weights_digest(m.model))
-            if cfg.task == "adv-train":
+            if adversarial:
                 metrics.update(catastrophic_overfit=float(stop), co_epoch=float(epoch + 1 if stop else 0),
                                best_pgd_epoch=float(m.best_epoch))
             files["config.json"] = json_bytes(asdict(cfg))
@@ -295,6 +309,67 @@ def train(cfg: Lab4Config, ctx: Context) -> dict[str, float]:
         if stop:
             break
     return metrics
+
+
+# ---------------------------------------------------------------------------------------- post-hoc tasks
+def fit_model(cfg: Lab4Config, ctx: Context, data: ImageData, partial: Path | None
+              ) -> tuple[nn.Module, nn.Module | None, dict[str, float]]:
+    """Trains what a post-hoc task probes (the classifier, and for `ood` the autoencoder) on one
+    device, exactly as the old train-then-probe trial did; checkpoints each epoch to `partial` (when
+    given) and resumes from it. Returns (classifier, autoencoder, last-epoch metrics)."""
+    inner = LocalContext(device=ctx.device, data_dir=ctx.data_dir)
+    m, net = build(cfg, inner, data)
+    start, metrics = 0, {}
+    if partial is not None and partial.is_file():
+        saved = torch.load(partial, map_location="cpu", weights_only=True)
+        start, metrics = m.load(saved), dict(saved["metrics"])
+    for epoch in range(start, cfg.epochs):
+        metrics = run_epoch(cfg, inner, m, net, data, epoch)
+        if partial is not None:
+            tmp = partial.with_name(f".{partial.name}.{os.getpid()}.tmp")
+            torch.save({**m.state(epoch, cfg), "metrics": metrics}, tmp)
+            os.replace(tmp, partial)  # atomic: a kill leaves the previous epoch's file whole
+    return m.model, m.ae, metrics
+
+
+def probe(cfg: Lab4Config, ctx: Context, data: ImageData) -> dict[str, float]:
+    """A post-hoc trial: obtains its study's trained model (shared.obtain: given, shared or trained
+    here), runs the task's evaluation for this trial's knobs and reports once. Only the trial that
+    trained the model checkpoints it (its MLflow run keeps the model; the others name it)."""
+    def build_untrained(c: Lab4Config) -> tuple[nn.Module, nn.Module | None]:
+        m, _ = build(c, LocalContext(device=ctx.device, data_dir=ctx.data_dir), data)
+        return m.model, m.ae
+
+    trained = shared.obtain(cfg, data, build_untrained,
+                            lambda c, partial: fit_model(c, ctx, data, partial))
+    model, ae = trained.model.to(ctx.device), trained.ae.to(ctx.device) if trained.ae is not None else None
+    ood = evaluation.load_ood(cfg, ctx, data) if cfg.task == "ood" else None
+    metrics = dict(trained.metrics)
+    if cfg.task == "ood":
+        metrics.update(evaluation.val_auroc(cfg, model, ae, data, ood))
+    else:
+        metrics.update(evaluation.val_attack(cfg, model, data))
+    final, files = final_evaluation(cfg, model, ae, data, ood)
+    metrics.update(final, weights_digest=weights_digest(model))
+    files["config.json"] = json_bytes(asdict(cfg))
+    files["probed_model.json"] = json_bytes({"model": trained.name, "trained_here": trained.trained_here,
+                                             "digest": shared.digest(cfg)})
+    state = None
+    if trained.trained_here:
+        state = {"model": model.state_dict(), "config": asdict(cfg), **({"ae": ae.state_dict()} if ae else {})}
+    ctx.report(metrics, state=state, files=files, final=True)
+    return metrics
+
+
+def load_probed(path: str) -> tuple[Lab4Config, dict[str, Any]]:
+    """A saved model a post-hoc study could probe: (its config, the checkpoint) (orchestrator.sources)."""
+    ckpt = shared.read(path)
+    return shared.saved_config(ckpt, Lab4Config), ckpt
+
+
+def probed_conflict(saved: Lab4Config, ckpt: dict[str, Any], base: Mapping[str, Any]) -> str | None:
+    """Why the study configured as `base` cannot probe this saved model, or None."""
+    return shared.conflict(saved, ckpt, from_dict(Lab4Config, dict(base)))
 
 
 def final_evaluation(cfg: Lab4Config, model: nn.Module, ae: nn.Module | None, data: ImageData,
@@ -308,6 +383,8 @@ def final_evaluation(cfg: Lab4Config, model: nn.Module, ae: nn.Module | None, da
         metrics, files = evaluation.fgsm_study(cfg, model, data)
     elif cfg.task == "targeted":
         metrics, files = evaluation.targeted_study(cfg, model, data)
+    elif cfg.task == "train":
+        metrics, files = ({"ae_test_loss": reconstruction_loss(ae, data.test)} if ae is not None else {}), {}
     else:
         metrics, files = evaluation.robustness_study(cfg, model, data, ood)
     return {**out, **metrics}, files
