@@ -31,16 +31,13 @@ def ray_local():
     """A private local Ray for the module (never joins another instance on the machine)."""
     import ray
 
-    auth_mode = os.environ.get("RAY_AUTH_MODE")
+    # ray.init turns token auth on for this process: its own Ray config and os.environ (RAY_AUTH_MODE=token).
+    # Both stay after shutdown, and must agree: a cluster this process starts later (tests/test_chaos.py)
+    # gets the variable, so its nodes run the mode this process talks. Only a machine of its own
+    # (tests/isolation.py) starts without it.
     ray.init(address="local", num_cpus=4, object_store_memory=300 * 2**20, log_to_driver=False)
     yield
     ray.shutdown()
-    # ray.init turns token auth on for this process's environment (RAY_AUTH_MODE=token); later modules'
-    # subprocesses must not inherit a setting no test chose.
-    if auth_mode is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = auth_mode
 
 
 # Every run.py a test starts gets this (or an explicit address): the suite never joins, or is killed
