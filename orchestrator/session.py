@@ -35,7 +35,7 @@ from .ranking import rank
 from .recovery import CheckpointLedger, ResumingTracker
 from .sources import resolve_source
 from .studies import Study, get_study
-from .tracking import Lookup, MlflowTracker, default_uri, ensure_server, find_parent, stop_server
+from .tracking import UI_APP, Lookup, MlflowTracker, default_uri, ensure_server, find_parent, stop_server
 from .tuning import TuneOptions, build_tuner, connect_ray, make_trainable, study_tuner
 
 STATE_FILE = "dla_study.pkl"  # beside Tune's own state: what --resume needs to rebuild the study
@@ -434,7 +434,7 @@ def run_planned(planned: list[Planned], opts: RunOptions, *, callbacks: Sequence
     finally:
         stop_server(server)
     shown = default_uri(opts.launch) if server is not None else uri
-    print(f"MLflow: {uri}  (open it with: mlflow ui --backend-store-uri {shown})")
+    print(f"MLflow: {uri}  (open it with: mlflow ui --app-name {UI_APP} --backend-store-uri {shown})")
     print(f"report: {path}")
     unfinished = [o for o in outcomes if not o.ok]
     if unfinished:

@@ -47,7 +47,8 @@ def sync_playwright() -> Any:
 
 @pytest.fixture(scope="module")
 def served(sync_playwright: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A 3-trial residual-mlp study logged to SQLite by run.py, and `mlflow server` on it (loopback)."""
+    """A 3-trial residual-mlp study logged to SQLite by run.py, and `mlflow server --app-name dla` on it
+(loopback), as the README tells users to open it."""
     folder = tmp_path_factory.mktemp("ui-study")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     study = subprocess.run([sys.executable, str(REPO / "orchestrator" / "run.py"), "lab1", "--study", "residual-mlp",
@@ -67,8 +68,8 @@ def served(sync_playwright: Any, tmp_path_factory: pytest.TempPathFactory) -> It
                       key=lambda r: r.data.metrics["study_rank"])
     port = _free_port()
     log = open(folder / "mlflow-ui.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", uri, "--workers", "1"], cwd=folder, stdout=log,
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--app-name", "dla", "--host", "127.0.0.1",
+                               "--port", str(port), "--backend-store-uri", uri, "--workers", "1"], cwd=folder, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)  # its uvicorn worker too
     base = f"http://127.0.0.1:{port}"
     try:
@@ -94,13 +95,23 @@ def served(sync_playwright: Any, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="module")
-def page(sync_playwright: Any, served: dict[str, Any]) -> Iterator[Any]:
+def browser(sync_playwright: Any, served: dict[str, Any]) -> Iterator[Any]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(WAIT_MS)
-        yield page
+        yield browser
         browser.close()
+
+
+def _new_page(browser: Any) -> Any:
+    """A page in a fresh browser profile: nothing remembered (no GenAI / Model training choice yet)."""
+    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    page.set_default_timeout(WAIT_MS)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any) -> Any:
+    return _new_page(browser)
 
 
 def _open(page: Any, url: str, ready: str) -> None:
@@ -132,6 +143,25 @@ def _shot(page: Any, path: Path) -> str:
 
 def _names(served: dict[str, Any]) -> list[str]:
     return [c.info.run_name for c in served["children"]]
+
+
+def test_a_new_browser_clicking_the_experiment_lands_on_its_runs(browser, served, tmp_path):
+    """As a new user: the experiments list, click `lab1` (a link without workflowType). MLflow 3.17's
+    UI would open its GenAI side ("0 traces"); `--app-name dla` makes Model training the default."""
+    page = _new_page(browser)
+    _open(page, f"{served['base']}/#/experiments", "lab1")
+    page.get_by_text("lab1", exact=True).first.click()
+    page.get_by_text("residual-mlp [quick]", exact=False).first.wait_for(state="visible")  # the parent run's row
+    _shot(page, tmp_path / "experiment-clicked.png")
+    assert f"/experiments/{served['experiment_id']}/runs" in page.url and "workflowType=machine_learning" in page.url
+    assert "0 traces" not in page.inner_text("body")
+    # A choice the user made in the UI's switch stays theirs: the default is written only when none is stored.
+    page.evaluate("localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('genai'))")
+    again = page.context.new_page()  # the same browser profile, the UI loaded anew
+    again.set_default_timeout(WAIT_MS)
+    again.goto(f"{served['base']}/#/experiments/{served['experiment_id']}")
+    again.wait_for_url("**workflowType=genai**")
+    page.context.close()
 
 
 def test_the_experiment_opens_on_its_trials_named_and_ranked_with_their_results(page, served, tmp_path):

@@ -5,7 +5,8 @@ One module per role:
   child per trial) and writes them on one background thread; `TrialView`, its snapshot of a trial.
 - `lookups`: read-only questions before a study (`Lookup`, `find_parent`).
 - `server`: where MLflow lives (`default_uri`, `init_store`) and the `mlflow server` process
-  (`ensure_server`, `stop_server`).
+  (`ensure_server`, `stop_server`); `ui_app`, the `mlflow ui --app-name dla` app (not imported here:
+  MLflow's server loads it).
 - `readback`: a finished study read back for its report (`read_invocation(s)`, `read_repeats`,
   `download_figures`, `log_report`).
 - What the UI shows, for the callback: `naming` (child runs named by what they tried), `results`
@@ -21,8 +22,8 @@ from ..provenance import git_commit  # not MLflow; re-exported until its importe
 from .callback import MAX_BATCH, SKIPPED_KEYS, TUNE_KEYS, MlflowTracker, TrialView, experiment_id
 from .lookups import Lookup, find_parent
 from .readback import download_figures, log_report, read_invocation, read_invocations, read_repeats
-from .server import default_uri, ensure_server, init_store, stop_server
+from .server import UI_APP, default_uri, ensure_server, init_store, stop_server
 
-__all__ = ["MAX_BATCH", "SKIPPED_KEYS", "TUNE_KEYS", "Lookup", "MlflowTracker", "TrialView", "default_uri",
+__all__ = ["MAX_BATCH", "SKIPPED_KEYS", "TUNE_KEYS", "UI_APP", "Lookup", "MlflowTracker", "TrialView", "default_uri",
            "download_figures", "ensure_server", "experiment_id", "find_parent", "git_commit", "init_store",
            "log_report", "read_invocation", "read_invocations", "read_repeats", "stop_server"]

@@ -59,7 +59,8 @@ SKIPPED_KEYS = TUNE_KEYS | {FINAL_KEY}
 MAX_BATCH = 900  # MLflow accepts up to 1000 metrics per log_batch
 MAX_NOTE = 7900  # characters: MLflow's limit for a tag value (the note is one) is 8000
 # The experiment is one of model training (MLflow's own demo sets this tag the same way). MLflow
-# 3.17's UI does not read it yet (see notes.py): the links this package prints carry the choice.
+# 3.17's UI does not read it (see ui_app.py): `mlflow ui --app-name dla` and the links this package
+# prints make the choice.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 CHILD_TAGS = ("lab", "study", "profile", "git_commit")  # copied from the parent onto every child
 # One value per trial (the test split, evaluated once with the final result; the final values; the

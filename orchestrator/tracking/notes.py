@@ -12,7 +12,8 @@
 Links are relative to the UI's own address (`#/experiments/...`), so they work however the UI is
 reached, and carry `workflowType=machine_learning`: MLflow 3.17's UI takes the GenAI / Model training
 choice from the URL or from the browser (default GenAI), not from the experiment's
-`mlflow.experimentKind` tag, and on the GenAI side an experiment opens on its traces.
+`mlflow.experimentKind` tag, and on the GenAI side an experiment opens on its traces (ui_app.py makes
+Model training the browser's default for `mlflow ui --app-name dla`).
 """
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+UI_APP = "dla"  # `mlflow server --app-name dla`: the UI opens experiments on their runs (ui_app.py)
+
 
 def default_uri(launch_dir: Path) -> str:
     """MLflow's own default store, `sqlite:///mlflow.db`, made absolute (trials may change directory)."""
@@ -36,7 +38,7 @@ def ensure_server(uri: str, launch_dir: Path, timeout_s: float = 90.0) -> subpro
     """When the tracking URI is a server address on this machine (`http://127.0.0.1:5000`) and
     nothing answers there, start `mlflow server` for the study's lifetime: SQLite store and artifacts
     in the launch folder, artifacts served through the server (so runs logged from anywhere land
-    there), bound to that loopback address only. Returns the process to stop, or None."""
+    there), bound to that loopback address only; its UI opens experiments on their runs (ui_app). Returns the process to stop, or None."""
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme not in ("http", "https") or parsed.hostname not in ("127.0.0.1", "localhost"):
         return None
@@ -44,7 +46,8 @@ def ensure_server(uri: str, launch_dir: Path, timeout_s: float = 90.0) -> subpro
     if _listening(parsed.hostname, port):
         return None
     log = open(launch_dir / "mlflow-server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", parsed.hostname, "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--app-name", UI_APP,
+                             "--host", parsed.hostname, "--port", str(port),
                              "--backend-store-uri", default_uri(launch_dir),
                              "--artifacts-destination", str((launch_dir / "mlartifacts").resolve()),
                              "--serve-artifacts", "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
