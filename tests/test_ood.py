@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
@@ -25,6 +28,21 @@ def test_metrics_agree_with_sklearn_with_id_as_the_positive_class():
     assert m["aupr_in"] == pytest.approx(average_precision_score(labels, scores))
     assert m["aupr_out"] == pytest.approx(average_precision_score(1 - labels, -scores))
     assert 0.7 < m["auroc"] < 0.8  # two unit Gaussians 1 apart: Phi(1 / sqrt 2) = 0.76
+
+
+@settings(max_examples=200, deadline=None)
+@given(id_s=hnp.arrays(np.float64, st.integers(1, 60), elements=st.sampled_from([-2.0, -0.5, 0.0, 0.25, 1.0, 3.0])
+                       | st.floats(-5, 5)),
+       ood_s=hnp.arrays(np.float64, st.integers(1, 60), elements=st.floats(-5, 5) | st.just(0.0)))
+def test_metrics_are_sklearns_to_the_bit(id_s, ood_s):
+    """ood_metrics computes AUROC and FPR95 from one roc_curve and AP from precision_recall_curve (the
+    probe's cost is sklearn's input checks): the values must be exactly sklearn's, ties included."""
+    m = ood_metrics(id_s, ood_s)
+    labels, scores = np.r_[np.ones(len(id_s)), np.zeros(len(ood_s))], np.r_[id_s, ood_s]
+    assert m["auroc"] == float(roc_auc_score(labels, scores))
+    assert m["aupr_in"] == float(average_precision_score(labels, scores))
+    assert m["aupr_out"] == float(average_precision_score(1 - labels, -scores))
+    assert m["fpr95"] == fpr_at_tpr(id_s, ood_s)
 
 
 def test_sign_convention_higher_scores_mean_in_distribution():
