@@ -576,7 +576,10 @@ def resumed_run(args: argparse.Namespace, storage: str) -> tuple[list[Planned], 
         raise UsageError(f"--resume: no run of {lab}{which} under {storage}: nothing to resume")
     wanted = [s for s in record.studies if not names or s[0] in names]
     done = all((pr := record.progress.get(s[0])) is not None and pr.done is not None and pr.done.ok for s in wanted)
-    if done and (names or record.finished):
+    # A driver killed after its last study ended but before the report was written still has the
+    # report to do: that is resumed too. Named studies that are a part of a larger run have no
+    # report of their own to finish (the run's comes when its other studies end).
+    if done and (record.report or len(wanted) < len(record.studies)):
         raise UsageError(f"--resume: the newest run of {lab}{which} under {storage} finished every trial: "
                          f"nothing to resume")
     try:

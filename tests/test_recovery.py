@@ -197,3 +197,28 @@ def test_trials_tune_ended_before_the_kill_are_finished_in_mlflow_when_nothing_i
     assert tracker.restored["b3525674"] == [last]
     ledger.on_experiment_end(trials=[trial])  # once only
     assert len(tracker.calls) == 2
+
+
+def test_a_run_killed_after_its_studies_ended_but_before_its_report_is_resumed(tmp_path):
+    """The window between the last study's outcome being saved and the report being written: a
+    kill there leaves nothing to train, but the report still to write (CI caught it once)."""
+    from orchestrator import cli
+
+    storage = str(tmp_path / "ray_results")
+    record = invocation.create(storage, "lab1", [("residual-mlp", {}, {}, {}), ("resnet", {}, {}, {})],
+                               _opts(tmp_path))
+    record.progress["residual-mlp"].done = Outcome("lab1/residual-mlp", trials=2)
+    record.save()
+    args = cli.build_parser().parse_args(["lab1", "--resume", "--study", "residual-mlp", "--storage", storage])
+    with pytest.raises(cli.UsageError, match="nothing to resume"):  # a part of a larger run: its report comes later
+        cli.resumed_run(args, storage)
+    record.progress["resnet"].done = Outcome("lab1/resnet", trials=2)
+    record.save()
+    for argv in (["--study", "residual-mlp", "--study", "resnet"], []):
+        args = cli.build_parser().parse_args(["lab1", "--resume", *argv, "--storage", storage])
+        planned, opts = cli.resumed_run(args, storage)
+        assert [p.study.name for p in planned] == ["residual-mlp", "resnet"] and opts.resume == record.path
+    record.report = str(tmp_path / "report.md")
+    record.save()
+    with pytest.raises(cli.UsageError, match="finished every trial: nothing to resume"):
+        cli.resumed_run(args, storage)
