@@ -233,7 +233,7 @@ def _tracker(study: Study, state: StudyState, experiment: str, uri: str, *, resu
     the experiment (tag tune_experiment), if any; else it creates the parent."""
     cls = ResumingTracker if restoring else MlflowTracker
     common = dict(resolve=state.spec.resolve, compare=None if state.points is not None else study.compare,
-                  metric=study.metric, mode=study.mode)
+                  metric=study.metric, mode=study.mode, trial_figures=study.trial_figures)
     parent = find_parent(uri, study.lab, experiment) if resuming else None
     if parent is not None:
         return cls(uri, experiment=study.lab, run_name="", tags={}, params={}, reopen=parent, **common)

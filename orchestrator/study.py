@@ -130,6 +130,9 @@ class Study:
     grace_period: int = 2                          # epochs before ASHA may stop a trial
     gpus_per_trial: float = 1.0                    # default packing on GPU machines
     compare: Callable[[list[dict]], Any] | None = None  # parent-run figure from the trial rows
+    # A trial's own figures, drawn by the driver from the trial's small JSON files (name -> parsed)
+    # when it logs the trial: matplotlib off the trial (a probe's time is then its scoring).
+    trial_figures: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     cells: tuple[Cell, ...] = ()                   # the compared factors' combinations (module docstring)
     source: SourceModel | None = None              # a trained model to start from, found before the study
     # The report's comparison table: one row per combination of these sampled params (best trial

@@ -88,7 +88,7 @@ def test_collapse_rule():
 
 @pytest.mark.parametrize("study, metrics, files", [
     ("ood", ["val_auroc", "auroc/ae", "aupr_in/msp", "aupr_out/energy", "fpr95/odin", "ae_val_loss"],
-     ["ood_curves.json", "figures/ood_histograms.png", "figures/ood_roc_pr.png"]),
+     ["ood_curves.json"]),
     ("fgsm", ["acc_eps/0.1000", "adv_acc", "success_rate", "iter_success_rate", "mean_linf", "val_success_rate"],
      ["attack_curve.json", "figures/acc_vs_eps.png", "figures/fgsm_examples.png", "figures/iterative_examples.png"]),
     ("adv-train", ["val_robust_acc", "fgsm_acc", "pgd_acc", "pgd_acc_eps/0.1000", "auroc/msp", "catastrophic_overfit",
@@ -112,6 +112,24 @@ def test_each_task_reports_its_evaluation_once(study, metrics, files):
     assert set(files) | {"config.json"} <= set(ctx.files)
     assert all(ctx.files[f][:4] == b"\x89PNG" for f in files if f.endswith(".png"))
     assert json.loads(ctx.files["config.json"])["task"] == {"classifier": "train"}.get(study, study)
+
+
+@pytest.mark.parametrize("study", ["ood", "adv-train"])
+def test_the_trial_figures_are_drawn_from_its_json_by_the_study(study):
+    """The OOD figures come from the trial's ood_curves.json (the driver draws them when it logs the
+    trial): every score's ROC / PR curves and its ID vs OOD histogram, whose densities integrate to 1."""
+    _, ctx = cached(study, 0)
+    files = {name: json.loads(data) for name, data in ctx.files.items() if name.endswith(".json")}
+    curves = files["ood_curves.json"]
+    assert set(curves["histograms"]) == set(curves["scores"]) and curves["dataset"] == "digits"
+    for h in curves["histograms"].values():
+        widths = torch.tensor(h["edges"], dtype=torch.float64).diff()
+        for key in ("id", "ood"):
+            assert float((torch.tensor(h[key], dtype=torch.float64) * widths).sum()) == pytest.approx(1.0, abs=1e-6)
+    figs = get_study("lab4", study).trial_figures(files)
+    assert set(figs) == {"ood_roc_pr.png", "ood_histograms.png"} and all(isinstance(f, Figure) for f in figs.values())
+    assert len(figs["ood_roc_pr.png"].axes[0].lines) == len(curves["scores"]) + 1  # + the chance diagonal
+    assert get_study("lab4", study).trial_figures({}) == {}
 
 
 def test_a_retried_trial_resumes_from_its_last_epoch(tmp_path):

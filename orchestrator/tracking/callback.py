@@ -110,6 +110,7 @@ class MlflowTracker(tune.Callback):
     repeats_of: str = ""
     child_tags: Mapping[str, str] = MappingProxyType({})
     names: Mapping[str, str] = MappingProxyType({})        # trial id -> child run name
+    file_figures: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # Study.trial_figures
     status: Mapping[str, str] = MappingProxyType({})       # trial id -> its run's status (RUNNING, FINISHED, ...)
     outcome: Mapping[str, str] = MappingProxyType({})      # trial id -> its `status` tag (finished, stopped_early, ...)
     booked: Mapping[str, dict] = MappingProxyType({})      # run id -> bookkeeping tags already set
@@ -119,14 +120,17 @@ class MlflowTracker(tune.Callback):
     def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str],
                  params: Mapping[str, Any], resolve: Callable[[Mapping[str, Any]], Any],
                  compare: Callable[[list[dict]], Any] | None = None, metric: str = "val_acc", mode: str = "max",
-                 flush_s: float = 2.0, reopen: str | None = None, study: "Study | None" = None) -> None:
+                 flush_s: float = 2.0, reopen: str | None = None, study: "Study | None" = None,
+                 trial_figures: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         """`reopen`: the parent run id of an interrupted invocation being resumed (see `_reopen`).
         `study`: the Study record, for the parent's description (question, search space, comparison
-        table); without it the tracker looks it up by the `lab` (else `experiment`) and `study` tags."""
+        table); without it the tracker looks it up by the `lab` (else `experiment`) and `study` tags.
+        `trial_figures`: the study's figures of a trial drawn from its JSON files (Study.trial_figures)."""
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         self.experiment_id = experiment_id(self.client, experiment)
         self.resolve, self.compare, self.metric, self.mode, self.flush_s = resolve, compare, metric, mode, flush_s
+        self.file_figures = trial_figures
         self.killed_before: dict[str, str] = {}         # trial id -> run the dead driver left behind
         for name in self._FRESH:
             setattr(self, name, {})
@@ -324,6 +328,7 @@ class MlflowTracker(tune.Callback):
         results = self._log_results(run_id, history)
         self._log_figures(run_id, history, self.names.get(trial.trial_id, trial.trial_id))
         self._log_checkpoint(run_id, trial, with_model=finished)
+        self._log_file_figures(run_id, trial.trial_id, self.names.get(trial.trial_id, trial.trial_id))
         status = "finished" if finished else "stopped_early"
         self._end_child(trial.trial_id, run_id, "FINISHED", results,
                         {"status": status, "stopped_early": str(not finished).lower()})
@@ -484,6 +489,17 @@ class MlflowTracker(tune.Callback):
         for name, fig in trial_figures(history).items():
             fig.suptitle(title, fontsize=9)
             fig.subplots_adjust(top=min(fig.subplotpars.top, 0.86))
+            self.client.log_figure(run_id, fig, f"figures/{name}")
+            _close(fig)
+
+    def _log_file_figures(self, run_id: str, trial_id: str, title: str) -> None:
+        """The study's figures drawn from the trial's JSON files (read by _log_checkpoint), titled
+        with the run name before the figure's own title."""
+        if self.file_figures is None or not self.files.get(trial_id):
+            return
+        for name, fig in self.file_figures(self.files[trial_id]).items():
+            own = fig._suptitle.get_text() if fig._suptitle is not None else ""
+            fig.suptitle(f"{title}: {own}" if own else title, fontsize=9)
             self.client.log_figure(run_id, fig, f"figures/{name}")
             _close(fig)
 

@@ -18,7 +18,8 @@ from . import figures as figs
 from .attacks import accuracy_under, fgsm, fgsm_attack, iterative_fgsm, pgd_attack, success_rate
 from ..context import Context, figure_bytes, json_bytes
 from ..data import ImageData, Split, to_float
-from .ood import (classifier_scores, curve_points, evaluate_scores, ood_images, reconstruction_score)
+from .ood import (classifier_scores, curve_points, evaluate_scores, ood_images, reconstruction_score,
+                  score_histogram)
 
 OOD_SEED = 12345  # the same OOD draw for every trial and seed, like the ID validation/test splits
 
@@ -77,15 +78,15 @@ def val_auroc(cfg: Any, model: nn.Module, ae: nn.Module | None, data: ImageData,
 
 def ood_evaluation(cfg: Any, model: nn.Module, ae: nn.Module | None, data: ImageData, ood: OodImages
                    ) -> tuple[dict[str, float], dict[str, bytes]]:
-    """Every score on the ID test split vs the OOD test images: AUROC, AUPR-in/out, FPR95, curves."""
+    """Every score on the ID test split vs the OOD test images: AUROC, AUPR-in/out, FPR95, and the
+    curves and histograms its figures are drawn from (figures.ood_trial_figures, by the driver)."""
     test_metrics, id_s, ood_s = evaluate_scores(_score_fn(cfg, model, ae), data.test.x, ood.test)
     metrics = {f"{k}/{s}": v for s, m in test_metrics.items() for k, v in m.items()}
     curves = {s: {**curve_points(id_s[s], ood_s[s]), **test_metrics[s]} for s in id_s}
-    files = {"ood_curves.json": json_bytes({"ood_set": ood.name, "n_id": len(data.test), "n_ood": len(ood.test),
-                                            "temperature": cfg.temperature, "odin_eps": cfg.odin_eps,
-                                            "score": cfg.score, "scores": curves}),
-             "figures/ood_histograms.png": figure_bytes(figs.score_histograms(id_s, ood_s, ood.name)),
-             "figures/ood_roc_pr.png": figure_bytes(figs.roc_pr(curves, f"ID {cfg.dataset} vs OOD {ood.name}"))}
+    files = {"ood_curves.json": json_bytes({"dataset": cfg.dataset, "ood_set": ood.name, "n_id": len(data.test),
+                                            "n_ood": len(ood.test), "temperature": cfg.temperature,
+                                            "odin_eps": cfg.odin_eps, "score": cfg.score, "scores": curves,
+                                            "histograms": {s: score_histogram(id_s[s], ood_s[s]) for s in id_s}})}
     return metrics, files
 
 

@@ -222,6 +222,15 @@ def split_halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 ScoreFn = Callable[[torch.Tensor], dict[str, np.ndarray]]
 
 
+def score_histogram(id_scores: np.ndarray, ood_scores: np.ndarray, bins: int = 40) -> dict[str, list[float]]:
+    """ID and OOD densities of one score on common bins (edges span both): what its histogram panel
+    draws, small enough for the trial's JSON (the driver draws it; figures cost a probe more than scoring)."""
+    both = np.r_[id_scores, ood_scores]
+    edges = np.linspace(both.min(), both.max() + 1e-12, bins + 1)
+    return {"edges": edges.tolist(), "id": np.histogram(id_scores, bins=edges, density=True)[0].tolist(),
+            "ood": np.histogram(ood_scores, bins=edges, density=True)[0].tolist()}
+
+
 def score_split(score_fn: ScoreFn, split_x: torch.Tensor) -> dict[str, np.ndarray]:
     return score_fn(to_float(split_x))
 
