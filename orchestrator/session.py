@@ -29,12 +29,12 @@ from . import invocation
 from . import placement  # [cluster #13]
 from .execution import TrialSpec
 from .invocation import Invocation, Outcome, Progress, filesystem
-from .options import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, REPO, Planned, RunOptions, UsageError, report_dir
+from .options import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, REPO, Planned, RunOptions, report_dir
 from .provenance import git_commit
 from .ranking import rank
 from .recovery import CheckpointLedger, ResumingTracker
 from .sources import resolve_source
-from .studies import Study, get_study
+from .studies import Study
 from .tracking import UI_APP, Lookup, MlflowTracker, default_uri, ensure_server, find_parent, stop_server
 from .tuning import TuneOptions, build_tuner, connect_ray, make_trainable, study_tuner
 

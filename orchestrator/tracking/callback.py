@@ -40,7 +40,7 @@ from trainables.config import flatten, to_dict
 from trainables.context import FILES_DIR, FINAL_KEY, STATE_FILE
 from trainables.plots import trial_figures
 
-from ..ranking import best, best_key, rank
+from ..ranking import best_key, rank
 from . import notes
 from .naming import run_name
 from .results import RENAMED, best_so_far, bookkeeping, finals, grad_table, summary, to_log
