@@ -12,8 +12,9 @@
   unlimited retries every trial reaches its last epoch, and every killed trial resumed from a
   checkpoint, not from epoch 1.
 
-Epochs take ~1-2 s on a 2-core machine (depth 4, batch 16 on digits); every wait polls with a
-generous deadline.
+Epochs are paced (tests/faults.py): each lasts at least a second however fast the machine, so that
+the faults strike while there is work left (unpaced, an epoch of this study takes ~0.2 s on CI and
+the driver's kills came after its last trial). Every wait polls with a generous deadline.
 """
 from __future__ import annotations
 
@@ -34,12 +35,14 @@ import mlflow
 import pytest
 from ray import tune
 
+from orchestrator import invocation
 from tests.conftest import LOCAL_RAY, mlflow_uri, runs
 from tests.drivers import ATTEMPTS, ray_did_not_start, run_to_end
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-SLOW_EPOCHS = ["depth=4", "batch_size=16"]  # ~1-2 s per epoch of residual-mlp on the quick profile
+FAULTS_SITE = REPO / "tests" / "faults_site"  # sitecustomize: paced epochs in a run.py's Ray workers
+SLOW_EPOCHS = ["depth=4", "batch_size=16"]  # residual-mlp on the quick profile, 0.2-0.3 s an epoch unpaced
 
 
 def _restores_from_checkpoints(storage: Path) -> list[tuple[str, int]]:
@@ -57,6 +60,16 @@ def _restores_from_checkpoints(storage: Path) -> list[tuple[str, int]]:
     return found
 
 
+def _iteration_times(storage: Path) -> list[float]:
+    """Tune's time_this_iter_s of every result the trials reported (paced: at least the pace)."""
+    times = []
+    for result in storage.glob("*/run_trial_*/result.json"):
+        for line in result.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                times.append(json.loads(line)["time_this_iter_s"])
+    return times
+
+
 def _assert_each_epoch_once(tmp_path: Path, finished, epochs: int) -> None:
     client = mlflow.MlflowClient(mlflow_uri(tmp_path))
     for run_id in finished.run_id:
@@ -66,15 +79,19 @@ def _assert_each_epoch_once(tmp_path: Path, finished, epochs: int) -> None:
 
 
 # ------------------------------------------------------------------------------ driver chaos
-TRIALS, EPOCHS, KILLS = 3, 12, 5
+TRIALS, EPOCHS, KILLS, DRIVER_PACE = 3, 12, 5, 1.0
 
 
 def _driver(tmp_path: Path, log: str, *args: str) -> subprocess.Popen:
     # Output to a file: an unread pipe would fill up and block the driver. An explicit --mlflow-uri:
-    # an earlier in-process test may have left MLFLOW_TRACKING_URI set.
+    # an earlier in-process test may have left MLFLOW_TRACKING_URI set. The driver's private Ray's
+    # workers inherit its environment: paced epochs (tests/faults_site, first on PYTHONPATH).
+    path = [str(FAULTS_SITE), str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "DLA_TEST_EPOCH_PACE": str(DRIVER_PACE)}
     return subprocess.Popen([sys.executable, str(REPO / "orchestrator" / "run.py"), "lab1", "--study", "residual-mlp",
                              "--quiet", "--mlflow-uri", mlflow_uri(tmp_path), "--storage", str(tmp_path / "ray_results"),
-                             *LOCAL_RAY, *args], cwd=tmp_path, stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT, text=True)
+                             *LOCAL_RAY, *args], cwd=tmp_path, stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT,
+                            text=True, env=env)
 
 
 def _checkpoints(storage: Path) -> set[Path]:
@@ -124,8 +141,12 @@ def test_a_study_survives_its_driver_killed_at_random_moments(tmp_path):
                 break
             finally:
                 driver.kill()
+    # A kill that struck after the report was written leaves nothing to do: --resume says so (exit 2).
+    record = invocation.newest(str(storage), "lab1")
+    done = record is not None and record.finished
     rc = run_to_end(lambda: start(tmp_path / "last.log"), tmp_path / "last.log")
-    assert rc == 0, (kills, (tmp_path / "last.log").read_text()[-4000:])
+    last = (tmp_path / "last.log").read_text()
+    assert rc == (2 if done else 0) and (not done or "nothing to resume" in last), (kills, last[-4000:])
     assert len(kills) >= 5
 
     df = runs(tmp_path, "lab1")
@@ -143,6 +164,7 @@ def test_a_study_survives_its_driver_killed_at_random_moments(tmp_path):
     # Trials went on across kills from checkpoints (Tune's own record of each trial's results), and
     # the runs the kills cut short say what they were.
     assert _restores_from_checkpoints(storage), kills
+    assert min(_iteration_times(storage)) >= DRIVER_PACE  # the pacing reached the trials: the kills had work to cut
     cut = children[children.status == "KILLED"]
     assert (cut["tags.status"] == "killed").all()
 
@@ -153,7 +175,6 @@ def test_a_study_survives_its_driver_killed_at_random_moments(tmp_path):
 # machine (at full speed, CI once finished the study before the killer struck at all). A node removal
 # (and its replacement's start) holds the killer for ~10-20 s, so it is the rarer fault.
 CLUSTER_TRIALS, CLUSTER_EPOCHS, MAX_KILLS, P, P_NODE, PACE = 4, 16, 6, 0.7, 0.35, 1.0
-FAULTS_SITE = REPO / "tests" / "faults_site"
 
 
 def _free_port() -> int:
