@@ -498,7 +498,7 @@ class MlflowTracker(tune.Callback):
         if self.file_figures is None or not self.files.get(trial_id):
             return
         for name, fig in self.file_figures(self.files[trial_id]).items():
-            own = fig._suptitle.get_text() if fig._suptitle is not None else ""
+            own = fig.get_suptitle()
             fig.suptitle(f"{title}: {own}" if own else title, fontsize=9)
             self.client.log_figure(run_id, fig, f"figures/{name}")
             _close(fig)
