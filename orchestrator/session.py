@@ -269,7 +269,8 @@ def _run_experiment(study: Study, state: StudyState, experiment: str, uri: str, 
     else:
         print(f"== {label} ({state.profile}): {opts.num_samples} trials; MLflow parent run {tracker.parent_id}",
               flush=True)
-        tuner = build_tuner(study, spec, opts, tune_callbacks, epochs=getattr(spec.resolve({}), "epochs", 1))
+        tuner = build_tuner(study, spec, opts, tune_callbacks, epochs=getattr(spec.resolve({}), "epochs", 1),
+                            profile=state.profile)
     return _fit(label, study, tracker, tuner, ledger), tracker
 
 
@@ -296,7 +297,7 @@ def _fit(label: str, study: Study, tracker: MlflowTracker, tuner: tune.Tuner, le
 # ------------------------------------------------------------------------------ one study
 def _warn_of_gaps(study: Study, pins: Mapping[str, Any], num_samples: int, profile: str) -> None:
     """One line when the budget leaves compared cells without a trial (the comparison has gaps)."""
-    cells = study.cells_for(pins)
+    cells = study.cells_for(pins, profile)
     if num_samples < len(cells):
         factors = " x ".join(f for f in study.factors if f not in pins)
         print(f"== {study.key}: {num_samples} trials cover {num_samples} of its {len(cells)} cells ({factors}); "

@@ -97,6 +97,10 @@ class Profile:
     # in-process). tests/test_space_overrides.py checks that every overlap is declared.
     pinned: tuple[str, ...] = ()
     searched: tuple[str, ...] = ()
+    # This scale's cells, where a compared factor's levels depend on the data it can read (Lab 4's
+    # OOD sets: the bundled ones on quick, the real datasets on full); None: the study's cells.
+    # Over the study's factors, and each one of the study's cells (pre-flight reads them).
+    cells: tuple[Cell, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +162,7 @@ class Study:
                                  f"of its base, got pinned={profile.pinned}, searched={profile.searched}")
             if profile.per_cell < 1:
                 raise ValueError(f"study {self.key}, profile {name}: per_cell must be >= 1, got {profile.per_cell}")
+            self._check_profile_cells(name, profile.cells)
         if self.cells:
             if self.report_by and tuple(self.report_by) != self.factors:
                 raise ValueError(f"study {self.key}: report_by {self.report_by} is not its cells' factors {self.factors}")
@@ -171,6 +176,16 @@ class Study:
             if finding.factor not in self.factors or not set(finding.at) <= set(self.factors):
                 raise ValueError(f"study {self.key}: finding {finding.claim!r} is not about its compared factors "
                                  f"{self.factors}")
+
+    def _check_profile_cells(self, name: str, cells: tuple[Cell, ...] | None) -> None:
+        if cells is None:
+            return
+        known = {cell_key(c, self.factors) for c in self.cells}
+        keys = [cell_key(c, self.factors) for c in cells]
+        if not cells or any(set(c) != set(self.factors) for c in cells) or not set(keys) <= known \
+                or len(set(keys)) != len(keys):
+            raise ValueError(f"study {self.key}, profile {name}: its cells must be distinct cells of the study "
+                             f"(over {self.factors}), got {cells}")
 
     @property
     def key(self) -> str:
@@ -189,18 +204,23 @@ class Study:
         """The compared factors: every key of a cell, in first-seen order."""
         return tuple(dict.fromkeys(k for cell in self.cells for k in cell))
 
-    def cells_for(self, pins: Mapping[str, Any] = {}) -> tuple[dict[str, Any], ...]:
-        """The cells left once `pins` (`--set`) fix some factors: those factors leave the cells (a
-        pinned depth compares residual at that depth). A study without cells has one, empty."""
+    def cells_of(self, profile: str | None = None) -> tuple[Cell, ...]:
+        """The cells a profile runs (its own, else the study's); profile None: the study's."""
+        own = self.profiles[profile].cells if profile is not None else None
+        return self.cells if own is None else own
+
+    def cells_for(self, pins: Mapping[str, Any] = {}, profile: str | None = None) -> tuple[dict[str, Any], ...]:
+        """The cells of `profile` left once `pins` (`--set`) fix some factors: those factors leave the
+        cells (a pinned depth compares residual at that depth). A study without cells has one, empty."""
         kept = [f for f in self.factors if f not in pins]
-        cells = {cell_key(c, kept): {f: c[f] for f in kept if f in c} for c in self.cells}
+        cells = {cell_key(c, kept): {f: c[f] for f in kept if f in c} for c in self.cells_of(profile)}
         return tuple(c for c in cells.values() if c) or ({},)
 
     def trials(self, profile: str, pins: Mapping[str, Any] = {}) -> int:
-        """The default budget: `per_cell` trials for each cell left after the pins (`--set` ones and
-        the profile's `pinned`)."""
+        """The default budget: `per_cell` trials for each cell of the profile left after the pins
+        (`--set` ones and the profile's `pinned`)."""
         chosen = self.profiles[profile]
-        return len(self.cells_for({**{k: chosen.base[k] for k in chosen.pinned}, **pins})) * chosen.per_cell
+        return len(self.cells_for({**{k: chosen.base[k] for k in chosen.pinned}, **pins}, profile)) * chosen.per_cell
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -139,11 +139,13 @@ def tpe_sampler(seed: int, num_samples: int) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, num_samples // 3)))
 
 
-def cell_points(study: Study, pins: Mapping[str, Any], num_samples: int) -> list[dict[str, Any]]:
-    """The trials the search starts with: the cells in turn, round after round, up to num_samples
-    (each fixes its compared factors; the sampler still chooses the nuisance parameters). With
-    fewer trials than cells the first cells get one each (the driver says so)."""
-    cells = [c for c in study.cells_for(pins) if c]
+def cell_points(study: Study, pins: Mapping[str, Any], num_samples: int, profile: str | None = None
+                ) -> list[dict[str, Any]]:
+    """The trials the search starts with: the profile's cells in turn, round after round, up to
+    num_samples (each fixes its compared factors; the sampler still chooses the nuisance
+    parameters). Every trial is one of them, so a factor's value is always a cell's (pre-flight
+    checks those). With fewer trials than cells the first cells get one each (the driver says so)."""
+    cells = [c for c in study.cells_for(pins, profile) if c]
     return [dict(cells[i % len(cells)]) for i in range(num_samples)] if cells else []
 
 
@@ -193,11 +195,12 @@ def scheduler_for(study: Study, pins: Mapping[str, Any], epochs: int) -> TrialSc
     return CellASHA(factors, **asha) if factors else ASHAScheduler(**asha)
 
 
-def build_tuner(study: Study, spec: TrialSpec, opts: TuneOptions, callbacks: list[Any], epochs: int) -> tune.Tuner:
+def build_tuner(study: Study, spec: TrialSpec, opts: TuneOptions, callbacks: list[Any], epochs: int,
+                profile: str | None = None) -> tune.Tuner:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = OptunaSearch(space=PinnedSpace(study.space, dict(spec.pins)), metric=study.metric, mode=study.mode,
                             sampler=tpe_sampler(opts.seed, opts.num_samples),
-                            points_to_evaluate=cell_points(study, spec.pins, opts.num_samples) or None)
+                            points_to_evaluate=cell_points(study, spec.pins, opts.num_samples, profile) or None)
     search = ConcurrencyLimiter(searcher, max_concurrent=opts.max_concurrent)
     scheduler = scheduler_for(study, spec.pins, epochs)
     return study_tuner(spec, opts, callbacks, opts.name, metric=study.metric, mode=study.mode, search_alg=search,

@@ -17,6 +17,10 @@ ODIN_TEMPERATURES = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
 FGSM_MODELS = ("mlp", "cnn")
 TARGETS = tuple(range(10))  # the targeted attack's classes (digits, CIFAR-10)
 ADV_MIXES = (0.0, 0.5, 1.0)  # adversarial fraction of each batch; 0: standard training, the baseline
+# The OOD sets the ood study compares, each scored against the same model: the bundled ones (quick)
+# and the real datasets (full); a profile runs those it can read (Profile.cells in the catalog).
+QUICK_OOD_SETS = ("noise", "fakedata")
+OOD_SETS = (*QUICK_OOD_SETS, "cifar100", "svhn")
 
 
 def classifier(trial: optuna.Trial) -> None:
@@ -29,7 +33,9 @@ def classifier(trial: optuna.Trial) -> None:
 
 
 def ood(trial: optuna.Trial) -> None:
-    """ODIN's temperature and input-perturbation size, chosen on validation ID vs OOD images."""
+    """The OOD set (a compared factor: every trial is one of the profile's cells), then ODIN's
+    temperature and input-perturbation size, chosen on validation ID vs that set's OOD images."""
+    trial.suggest_categorical("ood_set", OOD_SETS)
     trial.suggest_categorical("temperature", ODIN_TEMPERATURES)
     trial.suggest_float("odin_eps", 0.0, 0.004, step=0.0002)
 

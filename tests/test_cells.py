@@ -54,7 +54,7 @@ def test_each_default_budget_covers_every_cell(study):
     """T >= 2 trials per cell on quick wherever there is a nuisance parameter to tune inside it."""
     nuisance = set(_space_params(study)) - set(study.factors)
     for profile in PROFILES:
-        assert study.trials(profile) >= len(study.cells_for(_profile_pins(study, profile)))
+        assert study.trials(profile) >= len(study.cells_for(_profile_pins(study, profile), profile))
     assert study.profiles["quick"].per_cell >= (2 if nuisance else 1), nuisance
 
 
@@ -73,6 +73,31 @@ def test_pins_leave_the_cells_and_shrink_the_budget():
     assert study.cells_for({"depth": 8, "residual": True}) == ({},)
     fgsm = get_study("lab4", "fgsm")  # the full profile pins the model: one cell
     assert fgsm.trials("full") == fgsm.profiles["full"].per_cell and fgsm.trials("quick") == 2 * 2
+
+
+def test_the_ood_study_compares_the_ood_sets_each_profile_can_read():
+    """A profile's own cells (Profile.cells): quick scores the bundled sets, full every set; the
+    budget, the enqueued points and `--set ood_set=...` follow the profile's cells."""
+    from search_spaces import lab4 as spaces
+
+    study = get_study("lab4", "ood")
+    assert study.factors == ("ood_set",) == study.report_by
+    assert study.cells_for({}, "quick") == tuple({"ood_set": s} for s in spaces.QUICK_OOD_SETS)
+    assert study.cells_for({}, "full") == tuple({"ood_set": s} for s in spaces.OOD_SETS) == study.cells_for({})
+    assert study.trials("quick") == 2 * study.profiles["quick"].per_cell
+    assert study.trials("full") == 4 * study.profiles["full"].per_cell
+    assert {p["ood_set"] for p in cell_points(study, {}, 6, "quick")} == set(spaces.QUICK_OOD_SETS)
+    assert study.trials("quick", {"ood_set": "heldout"}) == study.profiles["quick"].per_cell
+
+
+@pytest.mark.parametrize("cells, why", [((), "distinct cells"), (({"ood_set": "mnist"},), "distinct cells"),
+                                        (({"ood_set": "noise"}, {"ood_set": "noise"}), "distinct cells"),
+                                        (({"temperature": 1},), "distinct cells")])
+def test_a_profiles_cells_must_be_distinct_cells_of_its_study(cells, why):
+    study = get_study("lab4", "ood")
+    quick = dataclasses.replace(study.profiles["quick"], cells=cells)
+    with pytest.raises(ValueError, match=why):
+        dataclasses.replace(study, profiles={**study.profiles, "quick": quick})
 
 
 def test_cell_points_go_round_the_cells():

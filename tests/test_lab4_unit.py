@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -159,6 +160,27 @@ def test_parent_figures_draw_from_trial_rows(study, compare):
     assert compare([]) is None
     fig = compare(_rows(study))
     assert isinstance(fig, Figure)
+
+
+def test_the_ood_comparison_shows_every_score_against_every_set_from_each_sets_selected_trial():
+    """ood's cells are OOD sets: the parent figure's heat map has a column per set, each filled
+    from the trial selected within that set on validation AUROC (never another set's trial)."""
+    rows = _rows("ood")
+    fake = [{**r, "trial_id": f"f{i}", "metrics": {**r["metrics"], "val_auroc": 0.5 + 0.1 * i},
+             "files": {"ood_curves.json": {**r["files"]["ood_curves.json"], "ood_set": "fakedata",
+                                           "scores": {k: {**v, "auroc": 0.6 + 0.01 * i}
+                                                      for k, v in r["files"]["ood_curves.json"]["scores"].items()}}}}
+            for i, r in enumerate(rows)]
+    fig = lab4_plots.ood_compare([*rows, *fake])
+    heat = fig.axes[0]
+    assert [t.get_text() for t in heat.get_xticklabels()] == ["fakedata", "noise"]
+    grid = np.asarray(heat.images[0].get_array())
+    best = max(rows, key=lambda r: (r["metrics"]["val_auroc"], r["trial_id"] == "t0"))["files"]["ood_curves.json"]
+    names = [t.get_text() for t in heat.get_yticklabels()]
+    assert names == list(best["scores"]) and grid.shape == (len(names), 2)
+    assert np.allclose(grid[:, 0], 0.61)  # fakedata: its second trial (higher val AUROC), not noise's
+    assert np.allclose(grid[:, 1], [best["scores"][n]["auroc"] for n in names])
+    assert len(fig.axes[1].get_legend().get_texts()) == 2  # one marker per set in the search panel
 
 
 @pytest.mark.parametrize("study", ["ood", "fgsm", "adv-train", "targeted"])

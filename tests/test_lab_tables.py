@@ -36,3 +36,23 @@ def test_lab4_has_one_row_per_ood_set_and_score_from_the_newest_invocation_of_ea
     assert rows == [["fakedata", "msp", "0.7000", "-", "-", "-", "f"],
                     ["noise", "msp", "0.9100", "-", "-", "0.3000", "n"],
                     ["noise", "energy", "0.9500", "-", "-", "-", "n"]]
+
+
+def test_lab4_selects_each_ood_set_among_its_own_trials_of_one_study():
+    """The ood study's cells are its OOD sets: one invocation fills every set's rows, each with the
+    trial selected among that set's trials (noise's easy AUROC never selects a fakedata trial); a
+    newer run of one set (`--set ood_set=noise`) replaces that set's rows only."""
+    [table] = tables_of("lab4")
+    study = get_study("lab4", "ood")
+    cells = {"children": [
+        _run("noise-a", "t0", {"best_val_auroc": 0.99, "auroc/msp": 0.98}, {"ood_set": "noise"}),
+        _run("noise-b", "t1", {"best_val_auroc": 0.97, "auroc/msp": 0.96}, {"ood_set": "noise"}),
+        _run("fake-a", "t2", {"best_val_auroc": 0.60, "auroc/msp": 0.55}, {"ood_set": "fakedata"}),
+        _run("fake-b", "t3", {"best_val_auroc": 0.70, "auroc/msp": 0.65}, {"ood_set": "fakedata"}),
+        _run("fake-c", "t4", {"best_val_auroc": 0.90, "auroc/msp": 0.88}, {"ood_set": "fakedata"}, status="FAILED")]}
+    _, rows = lab_tables.scores(table, study, [cells])
+    assert rows == [["fakedata", "msp", "0.6500", "-", "-", "-", "fake-b"],
+                    ["noise", "msp", "0.9800", "-", "-", "-", "noise-a"]]
+    pinned = {"children": [_run("noise-new", "t0", {"best_val_auroc": 0.95, "auroc/msp": 0.94}, {"ood_set": "noise"})]}
+    _, rows = lab_tables.scores(table, study, [pinned, cells])
+    assert [r[-1] for r in rows] == ["fake-b", "noise-new"]

@@ -41,26 +41,35 @@ def test_what_a_config_reads(values, needs):
 def test_quick_needs_nothing_and_prefetch_fetches_what_full_needs(study):
     (quick,) = plan(study.lab, [study.name], "quick", {}, seed=0)
     (full,) = plan(study.lab, [study.name], "full", {}, seed=0)
-    assert preflight.needs([quick]) == []
-    assert {n.asset for n in preflight.needs([full])} <= set(study.profiles["full"].datasets)
+    assert preflight.needs([quick], "quick") == []
+    assert {n.asset for n in preflight.needs([full], "full")} <= set(study.profiles["full"].datasets)
 
 
 @pytest.mark.parametrize("study", ALL, ids=lambda s: s.key)
-def test_no_space_samples_a_value_that_needs_an_asset(study):
-    """Pre-flight reads the base config only: true as long as no space chooses a dataset or a hub model."""
+def test_a_space_samples_a_value_that_needs_an_asset_only_as_a_compared_factor(study):
+    """Pre-flight reads the base config with each cell: complete as long as a space chooses a dataset
+    or a hub model only for a compared factor (every trial is then one of the profile's cells)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     opt = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(64):
         trial = opt.ask()
         study.space(trial)
-        asked = {k: v for k, v in trial.params.items() if k in preflight.ASSET_FIELDS}
+        asked = {k: v for k, v in trial.params.items() if k in preflight.ASSET_FIELDS and k not in study.factors}
         assert preflight.config_needs({"task": "ood", **asked}) == {}, (study.key, asked)
         opt.tell(trial, 0.0)
 
 
+def test_the_ood_sets_of_the_ood_studys_cells_are_checked_on_full_and_absent_on_quick():
+    (full,) = plan("lab4", ["ood"], "full", {}, seed=0)
+    assert [(n.asset, n.why) for n in preflight.needs([full], "full")] == [
+        ("cifar10", "dataset=cifar10"), ("cifar100", "ood_set=cifar100"), ("svhn", "ood_set=svhn")]
+    (pinned,) = plan("lab4", ["ood"], "full", {"ood_set": "fakedata"}, seed=0)  # one set: its cells are gone
+    assert [n.asset for n in preflight.needs([pinned], "full")] == ["cifar10"]
+
+
 def test_needs_are_listed_once_with_the_first_study_that_reads_them():
     planned = plan("lab1", None, "full", {}, seed=0)
-    assert [(n.asset, n.study, n.why) for n in preflight.needs(planned)] == [
+    assert [(n.asset, n.study, n.why) for n in preflight.needs(planned, "full")] == [
         ("mnist", "lab1/mlp-capacity", "dataset=mnist"), ("cifar10", "lab1/residual-cnn", "dataset=cifar10"),
         ("cifar100", "lab1/transfer", "dataset=cifar100")]
 

@@ -1,11 +1,12 @@
-"""Each study's define-by-run space yields valid configs for 20 sampled Optuna trials."""
+"""Each study's define-by-run space yields valid configs for 20 Optuna trials sampled as a study
+runs them: the profile's pins fixed and its cells enqueued (orchestrator.tuning)."""
 from __future__ import annotations
 
 import optuna
 import pytest
 
 from orchestrator.studies import all_studies, describe_space
-from orchestrator.tuning import PinnedSpace
+from orchestrator.tuning import PinnedSpace, cell_points
 from trainables.config import from_dict
 
 ALL = all_studies()
@@ -16,10 +17,14 @@ ALL = all_studies()
 def test_space_yields_valid_configs(study, profile):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     opt = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0), direction="maximize")
+    base = study.base_config(profile)
+    pins = {k: base[k] for k in study.profiles[profile].pinned}
+    for point in cell_points(study, pins, 20, profile):
+        opt.enqueue_trial(point)
+    space = PinnedSpace(study.space, pins)
     for i in range(20):
         trial = opt.ask()
-        study.space(trial)
-        cfg = from_dict(study.config_cls, {**study.base_config(profile), **trial.params})
+        cfg = from_dict(study.config_cls, {**base, **space(trial)})
         assert cfg is not None
         opt.tell(trial, float(i % 3))
 

@@ -147,28 +147,46 @@ def _series(metrics: Mapping[str, float], prefix: str) -> tuple[list[float], lis
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def _selected(rows: Rows, metric: str) -> Mapping[str, Any]:
+    """The best row on `metric`, ties to the lower trial id (the orchestrator's ranking)."""
+    return min(rows, key=lambda r: (-r["metrics"][metric], str(r.get("trial_id", ""))))
+
+
 def ood_compare(rows: Rows) -> Figure | None:
-    """Left: every score's ROC for the trial with the best validation AUROC, on one figure.
-    Right: validation AUROC of the searched score vs temperature, coloured by ODIN's eps."""
+    """Left: test AUROC of every score (rows) against every OOD set (columns), each set's trial
+    selected on validation AUROC: the lab's scores x sets table at a glance.
+    Right: validation AUROC of the searched score vs temperature, one marker per OOD set, coloured
+    by ODIN's eps (the search inside each set)."""
     scored = [r for r in rows if "val_auroc" in r["metrics"] and "ood_curves.json" in r.get("files", {})]
     if not scored:
         return None
-    best = max(scored, key=lambda r: r["metrics"]["val_auroc"])
-    fig, (roc, search) = plt.subplots(1, 2, figsize=(11, 4.2))
-    curves = best["files"]["ood_curves.json"]
-    for name, c in curves["scores"].items():
-        roc.plot(c["fpr"], c["tpr"], label=f"{name} (AUROC {c['auroc']:.3f}, FPR95 {c['fpr95']:.2f})")
-    roc.plot([0, 1], [0, 1], "k:", lw=0.8)
-    roc.set(xlabel="FPR (OOD accepted)", ylabel="TPR (ID kept)",
-            title=f"all scores vs {curves['ood_set']} (best trial {best['trial_id']})")
-    roc.legend(fontsize=7)
-    roc.grid(alpha=0.3)
-    temps = [r["files"]["ood_curves.json"].get("temperature", np.nan) for r in scored]
-    eps = [r["files"]["ood_curves.json"].get("odin_eps", np.nan) for r in scored]
-    points = search.scatter(temps, [r["metrics"]["val_auroc"] for r in scored], c=eps, cmap="viridis")
+    by_set: dict[str, list[Mapping[str, Any]]] = {}
+    for r in scored:
+        by_set.setdefault(str(r["files"]["ood_curves.json"]["ood_set"]), []).append(r)
+    sets = sorted(by_set)
+    best = {s: _selected(by_set[s], "val_auroc")["files"]["ood_curves.json"] for s in sets}
+    names = list(dict.fromkeys(n for s in sets for n in best[s]["scores"]))
+    auroc = np.array([[best[s]["scores"].get(n, {}).get("auroc", np.nan) for s in sets] for n in names])
+    fig, (heat, search) = plt.subplots(1, 2, figsize=(11, 0.45 * len(names) + 2.6),
+                                       gridspec_kw={"width_ratios": (max(2, len(sets)), 4)})
+    image = heat.imshow(auroc, vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(auroc):
+        if np.isfinite(v):
+            heat.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8, color="white" if v < 0.8 else "black")
+    heat.set(xticks=range(len(sets)), xticklabels=sets, yticks=range(len(names)), yticklabels=names,
+             xlabel="OOD set", title="test AUROC (each set's selected trial)")
+    fig.colorbar(image, ax=heat, fraction=0.08)
+    markers = "osD^v<>"
+    for k, s in enumerate(sets):
+        files = [r["files"]["ood_curves.json"] for r in by_set[s]]
+        points = search.scatter([f.get("temperature", np.nan) for f in files],
+                                [r["metrics"]["val_auroc"] for r in by_set[s]],
+                                c=[f.get("odin_eps", np.nan) for f in files], cmap="viridis", vmin=0.0, vmax=0.004,
+                                marker=markers[k % len(markers)], edgecolors="k", linewidths=0.4, label=s)
     fig.colorbar(points, ax=search, label="odin_eps (pixel units)")
-    search.set(xscale="log", xlabel="temperature", ylabel=f"validation AUROC ({curves.get('score', '?')})",
-               title="ODIN search (validation ID vs OOD)")
+    search.set(xscale="log", xlabel="temperature", ylabel=f"validation AUROC ({best[sets[0]].get('score', '?')})",
+               title="ODIN search within each OOD set")
+    search.legend(fontsize=7, title="OOD set", title_fontsize=7)
     search.grid(alpha=0.3)
     fig.tight_layout()
     return fig
