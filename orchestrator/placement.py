@@ -361,11 +361,13 @@ def wait_for_nodes(shape: TrialShape, timeout_s: float, study: str = "", w: Wait
     what = f"waiting for nodes{f' for {study}' if study else ''}: a trial needs {shape.describe()}"
     outcome = "gave up"
     try:
-        while (elapsed := time.monotonic() - start) <= timeout_s:
+        while (elapsed := time.monotonic() - start) < timeout_s:
             line.show(f"{what}; {w.activity()}", f"{elapsed:.0f} s of --wait-for-nodes {timeout_s:g}")
-            time.sleep(w.poll_s)
+            # The last poll ends at the limit, not up to poll_s past it: nodes that come up after
+            # --wait-for-nodes are not taken (the limit means what it says, and a test of it is not a race).
+            time.sleep(min(w.poll_s, timeout_s - elapsed))
             cluster = w.read()
-            if check(shape, cluster) == NOW:
+            if check(shape, cluster) == NOW and time.monotonic() - start < timeout_s:
                 outcome = "up"
                 return time.monotonic() - start
         raise NodesUnavailable(f"no node that can hold a trial ({shape.describe()}) came up within "

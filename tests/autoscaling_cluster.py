@@ -71,6 +71,23 @@ def run_py(work: Path, name: str, *args: str) -> dict[str, Any]:
     return {"rc": out.returncode, "stdout": out.stdout, "stderr": out.stderr, "seconds": time.monotonic() - t0}
 
 
+def _settled_gpu_nodes(ray: Any, limit_s: float = 240.0) -> int:
+    """The GPU worker nodes up once the cluster has settled: every resource free again (the last
+    job's placement groups are released after its driver exits, a second or two later) and fewer
+    nodes than the autoscaler's cap, so that a trial needing one node more must wait for a launch.
+    Without this the bounded-wait case raced the previous job's release (CI, 2026-12-02)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        gpu_nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU")]
+        free = ray.available_resources()
+        settled = all(free.get(k, 0.0) >= v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU"))
+        if settled and len(gpu_nodes) < 3:   # 3: the gpu_worker type's max_workers above
+            return len(gpu_nodes)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the cluster did not settle in {limit_s:g} s: {len(gpu_nodes)} GPU nodes, free {free}")
+        time.sleep(1.0)   # idle nodes go after idle_timeout_minutes (1)
+
+
 def main(work: Path) -> None:
     results: dict[str, Any] = {}
     head, workers = shipped_shape()
@@ -87,16 +104,18 @@ def main(work: Path) -> None:
         # DDP over 2 workers, default GPUs: a whole (fake) GPU each, so on two gpu_worker nodes.
         results["ddp"] = run_py(work, "ddp", "--study", "residual-mlp", "--num-samples", "1", "--workers-per-trial",
                                 "2", "--set", "epochs=1", "depth=2")
-        # A trial that needs a node more than are up, with no time to wait for it: the bounded wait.
-        results["timeout"] = run_py(work, "timeout", "--study", "residual-mlp", "--num-samples", "1",
-                                    "--workers-per-trial", "3", "--wait-for-nodes", "1", "--set", "epochs=1")
         import ray
         from ray.util.state import list_nodes
 
         ray.init(address=ADDRESS, log_to_driver=False)
         results["nodes"] = [{"id": n.node_id, "state": n.state, "resources": n.resources_total}
                             for n in list_nodes(detail=True, limit=100)]
+        workers = _settled_gpu_nodes(ray)
         ray.shutdown()
+        # A trial that needs one node more than are up, with no time to wait for it: the bounded wait.
+        results["timeout"] = run_py(work, "timeout", "--study", "residual-mlp", "--num-samples", "1",
+                                    "--workers-per-trial", str(workers + 1), "--wait-for-nodes", "1",
+                                    "--set", "epochs=1")
     finally:
         (work / "results.json").write_text(json.dumps(results, indent=1))
         cluster.shutdown()

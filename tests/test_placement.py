@@ -126,6 +126,18 @@ def test_wait_is_bounded_and_a_misfit_never_asks():
     assert wait_for_nodes(shape(1), 60, w=FakeCluster([Cluster(({"CPU": 2.0},))]).waiter(io.StringIO())) == 0.0
 
 
+def test_the_last_poll_ends_at_the_limit_and_a_later_node_is_not_taken():
+    empty = Cluster((HEAD_0_CPU,), (GPU_WORKER,), 4, "test")
+    up = Cluster((HEAD_0_CPU, {"CPU": 8.0, "GPU": 1.0}), (GPU_WORKER,), 4, "test")
+    fake = FakeCluster([empty, up])
+    w = fake.waiter(io.StringIO())
+    w.poll_s = 30.0   # far longer than the limit: the wait must still end at the limit
+    t0 = time.monotonic()
+    with pytest.raises(NodesUnavailable, match="came up within --wait-for-nodes 0.3 s"):
+        wait_for_nodes(shape(1), 0.3, w=w)
+    assert time.monotonic() - t0 < 5
+
+
 class Trial:
     def __init__(self, status: str) -> None:
         self.status = status
