@@ -31,8 +31,9 @@ class TuneContext:
 
     rank, world_size = 0, 1
 
-    def __init__(self, data_dir: str | None) -> None:
+    def __init__(self, data_dir: str | None, evaluate_test: bool = True) -> None:
         self.data_dir = Path(data_dir) if data_dir else None
+        self.evaluate_test = evaluate_test
         self.device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
         self.node_id = ray.get_runtime_context().get_node_id()  # tagged on the trial's run by the tracker
 
@@ -63,4 +64,4 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
         fit_with_torch_trainer(spec, config)
         return
     study: Study = get_study(spec.lab, spec.study)
-    study.trainable(config, TuneContext(spec.data_dir))
+    study.trainable(config, TuneContext(spec.data_dir, spec.evaluate_test))

@@ -60,6 +60,8 @@ class Progress:
 
     experiment: str = ""            # the search's Tune experiment (path or URI), once named
     searched: Outcome | None = None  # the search's outcome, once it ended (not interrupted)
+    tests: str = ""                 # the test phase's experiment (a test-once study), once named
+    tested: Outcome | None = None   # the test phase's outcome, once it ended (not interrupted)
     repeats: str = ""               # the --repeats experiment, once named
     done: Outcome | None = None     # the study's outcome (search + repeats), once it ended
 

@@ -102,6 +102,15 @@ def best_of_groups(rows: Iterable[R], group: Callable[[R], tuple[Hashable, ...]]
     return [(k, top[k], counts[k]) for k in sorted(top, key=group_order)]
 
 
+def test_rule(test_once: bool) -> str:
+    """When a study's test numbers are computed (Study.test_once), as the parent's description and
+    the report say it: selection is on validation, whichever."""
+    if test_once:
+        return ("test metrics only for the selected trial of each cell, trained again with the search's seed "
+                "after the search (tag `tested`)")
+    return "test metrics once, after a finished trial's last epoch"
+
+
 def _check(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

@@ -30,8 +30,9 @@ class TrainContext:
 
     gpu_slot = ""  # "node:gpu ids" of this rank (reported, so a test can see DDP ranks on distinct GPUs)
 
-    def __init__(self, data_dir: str | None) -> None:
+    def __init__(self, data_dir: str | None, evaluate_test: bool = True) -> None:
         ctx = ray.train.get_context()
+        self.evaluate_test = evaluate_test
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.data_dir = Path(data_dir) if data_dir else None
         self.device = ray.train.torch.get_device()
@@ -74,7 +75,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     quiet_storage_logs()
     spec: TrialSpec = loop_config["spec"]
     study = get_study(spec.lab, spec.study)
-    study.trainable(from_dict(study.config_cls, loop_config["config"]), TrainContext(spec.data_dir))
+    study.trainable(from_dict(study.config_cls, loop_config["config"]), TrainContext(spec.data_dir, spec.evaluate_test))
 
 
 def fit_with_torch_trainer(spec: TrialSpec, config: Any) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .ranking import best_of_groups, expand_metrics, rank, trial_score
+from .ranking import best_of_groups, expand_metrics, rank, test_rule, trial_score
 from . import lab_tables
 from .studies import LabTable, Study, get_study, tables_of
 from .tracking import download_figures, log_report, read_invocation, read_invocations, read_repeats
@@ -154,7 +154,7 @@ def study_section(uri: str, study: Study, out: Path, parent_id: str | None = Non
                                 f"git {parent['tags'].get('git_commit', '?')[:10]}): {len(runs)} trials — "
                                 + ", ".join(f"{n} {s.lower()}" for s, n in sorted(statuses.items())) +
                                 f". Target: {study.mode} `{study.metric}` at each trial's best epoch (selection on validation; "
-                                f"ties go to the lower trial id; test once per finished trial)."))
+                                f"ties go to the lower trial id; {test_rule(study.test_once)})."))
     section.blocks.append(("table", *comparison_table(study, runs, profile)))
     section.blocks.append(("p", "Best configurations:"))
     section.blocks.append(("table", *best_configs(study, runs)))

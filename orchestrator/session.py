@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import sys
@@ -24,6 +25,8 @@ from typing import Any, Mapping, Sequence
 import pyarrow.fs as pafs
 from ray import tune  # [cluster #13] `import ray` went with check_fits
 from ray.tune.search import Searcher
+
+from trainables.context import FINAL_KEY
 
 from . import invocation
 from . import placement  # [cluster #13]
@@ -54,6 +57,7 @@ class StudyState:
     tags: Mapping[str, str] | None = None
     params: Mapping[str, Any] | None = None
     points: tuple[dict[str, Any], ...] | None = None
+    targets: tuple[str, ...] | None = None  # a test phase: the search's child run each point tests
 
 
 def save_state(storage: str, name: str, state: StudyState) -> None:
@@ -219,12 +223,17 @@ def repeat_seeds(search_seed: int, k: int) -> list[int]:
     return [(search_seed + 1 + i) % 2**32 for i in range(k)]
 
 
-def repeat_points(study: Study, rows: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
-    """The best sampled config of each `study.report_by` group (or the best overall), once per seed."""
+def selected(study: Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The best row of each `study.report_by` group (each compared cell), or the best overall."""
     chosen: dict[tuple, dict[str, Any]] = {}
     for r in rank(rows, study.metric, study.mode):  # best first: the first row of a group is its best
-        chosen.setdefault(tuple(str(r["params"].get(k)) for k in study.report_by), r["params"])
-    return [{**params, "seed": seed} for params in chosen.values() for seed in seeds]
+        chosen.setdefault(tuple(str(r["params"].get(k)) for k in study.report_by), r)
+    return list(chosen.values())
+
+
+def repeat_points(study: Study, rows: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
+    """The best sampled config of each `study.report_by` group (or the best overall), once per seed."""
+    return [{**r["params"], "seed": seed} for r in selected(study, rows) for seed in seeds]
 
 
 def _tracker(study: Study, state: StudyState, experiment: str, uri: str, *, resuming: bool,
@@ -316,7 +325,7 @@ def _new_search(p: Planned, opts: RunOptions, record: Invocation, progress: Prog
     spec = TrialSpec(lab=study.lab, study=study.name, base=base, pins=p.pins, data_dir=str(opts.data_dir),
                      workers=opts.workers_per_trial, backend=p.run_keys.get("train_backend", "auto"),
                      cpus_per_worker=opts.cpus_per_trial, gpus_per_worker=gpus, storage=storage,
-                     max_failures=opts.max_failures)
+                     max_failures=opts.max_failures, evaluate_test=not study.test_once)
     num_samples = opts.num_samples or study.trials(opts.profile, p.pins)
     _warn_of_gaps(study, p.pins, num_samples, opts.profile)
     tune_opts = TuneOptions(num_samples=num_samples, max_concurrent=opts.max_concurrent, seed=opts.seed,
@@ -350,7 +359,8 @@ def _new_repeats(study: Study, search: str, parent: MlflowTracker, k: int, recor
     experiment = f"{state.opts.storage.rstrip('/')}/{name}"
     tags = {"lab": study.lab, "study": study.name, "kind": "repeats", "repeats_of": parent.parent_id,
             "tune_experiment": experiment}
-    repeats = replace(state, opts=replace(state.opts, name=name), run_name=f"{study.name} [repeats x{k}]", tags=tags,
+    repeats = replace(state, spec=replace(state.spec, evaluate_test=True), opts=replace(state.opts, name=name),
+                      run_name=f"{study.name} [repeats x{k}]", tags=tags,
                       params={"repeats": k, "configs": len(points) // k}, points=tuple(points))
     save_state(state.opts.storage, name, repeats)
     progress.repeats = experiment
@@ -360,29 +370,150 @@ def _new_repeats(study: Study, search: str, parent: MlflowTracker, k: int, recor
 
 def _study(p: Planned, opts: RunOptions, record: Invocation, progress: Progress, *, ray_mode: str, gpus: float,
            callbacks: Sequence[Any]) -> Outcome:
-    """The study's search, then its --repeats: each started, or resumed where the record says it got to."""
+    """The study's search, then (a test-once study) its test phase, then its --repeats: each started,
+    or resumed where the record says it got to."""
     study, uri = p.study, opts.mlflow_uri
-    if progress.repeats and progress.searched is not None and progress.searched.ok:
-        search, tracker = progress.searched, None  # only the repeats are left
+    tracker: MlflowTracker | None = None
+    if (progress.tests or progress.repeats) and progress.searched is not None and progress.searched.ok:
+        outcome = progress.searched  # only the test phase or the repeats are left
     else:
         if progress.experiment:
             state = load_state(progress.experiment)
-            search, tracker = _run_experiment(study, state, progress.experiment, uri, callbacks, resuming=True,
-                                              wait_for_nodes=opts.wait_for_nodes)
+            outcome, tracker = _run_experiment(study, state, progress.experiment, uri, callbacks, resuming=True,
+                                               wait_for_nodes=opts.wait_for_nodes)
         else:
-            search, tracker = _new_search(p, opts, record, progress, ray_mode=ray_mode, gpus=gpus, callbacks=callbacks)
-        if search.interrupted or not opts.repeats:
-            return search
-        progress.searched = search
+            outcome, tracker = _new_search(p, opts, record, progress, ray_mode=ray_mode, gpus=gpus,
+                                           callbacks=callbacks)
+        if outcome.interrupted or not (study.test_once or opts.repeats):
+            return outcome
+        progress.searched = outcome
         record.save()
+    if study.test_once and progress.tested is None:
+        tested = _tests(study, progress, tracker, record, uri, callbacks, opts.wait_for_nodes)
+        outcome = outcome + tested
+        if tested.interrupted or not opts.repeats:
+            return outcome
+        progress.tested = tested
+        record.save()
+    elif progress.tested is not None:
+        outcome = outcome + progress.tested
     if progress.repeats:
         state = load_state(progress.repeats)
         repeats = _run_experiment(study, state, progress.repeats, uri, callbacks, resuming=True,
                                   wait_for_nodes=opts.wait_for_nodes)[0]
     else:
-        repeats = _new_repeats(study, progress.experiment, tracker, opts.repeats, record, progress, uri, callbacks,
+        search = tracker or _reopened(study, progress.experiment, uri)
+        search.close()  # a reopened parent is FINISHED again; its rows stay readable
+        repeats = _new_repeats(study, progress.experiment, search, opts.repeats, record, progress, uri, callbacks,
                                opts.wait_for_nodes)
-    return search + repeats
+    return outcome + repeats
+
+
+# ------------------------------------------------------------------------------ test once
+class _Untracked:
+    """What CheckpointLedger's repair of a restored experiment reads of its tracker: the test phase's
+    trials have no MLflow runs of their own (their numbers go onto the runs they test)."""
+
+    def __init__(self) -> None:
+        self.restored: dict[str, Any] = {}
+        self.killed_before: dict[str, str] = {}
+
+
+def _reopened(study: Study, search: str, uri: str) -> MlflowTracker:
+    """A tracker on the search's parent run, as a later driver finds it (--resume): its finished
+    children adopted. No comparison figure: the one the search drew from full histories stays."""
+    state = load_state(search)
+    parent = find_parent(uri, study.lab, search)
+    if parent is None:
+        raise RuntimeError(f"no MLflow parent run of {search} in experiment {study.lab}")
+    return MlflowTracker(uri, experiment=study.lab, run_name="", tags={}, params={}, reopen=parent,
+                         resolve=state.spec.resolve, metric=study.metric, mode=study.mode,
+                         trial_figures=study.trial_figures)
+
+
+def _point_key(config: Mapping[str, Any]) -> str:
+    return json.dumps(dict(config), sort_keys=True, default=str)
+
+
+def _tests(study: Study, progress: Progress, tracker: MlflowTracker | None, record: Invocation, uri: str,
+           callbacks: Sequence[Any], wait_for_nodes: float | None) -> Outcome:
+    """Test once (#16): the search never touched the test split; the selected configuration of each
+    cell is trained again exactly as the search trained it (its sampled params, the search's seed)
+    with the test split on, and its `test_*` numbers go onto the search trial's run. Training again
+    rather than reloading: not every trainable checkpoints its model, and a re-run gives the same
+    weights on CPU (the weights digest is compared and tagged; kernels on GPU may differ)."""
+    search = tracker or _reopened(study, progress.experiment, uri)
+    if not progress.tests:
+        state = load_state(progress.experiment)
+        chosen = selected(study, search.rows())
+        name = f"{state.opts.name}-test"
+        tests = replace(state, spec=replace(state.spec, evaluate_test=True), opts=replace(state.opts, name=name),
+                        points=tuple(dict(r["params"]) for r in chosen), targets=tuple(r["run_id"] for r in chosen))
+        save_state(state.opts.storage, name, tests)
+        progress.tests = f"{state.opts.storage.rstrip('/')}/{name}"
+        record.save()
+    outcome = _run_tests(study, progress.tests, search, callbacks, wait_for_nodes)
+    if tracker is None:
+        search.close()  # the reopened parent: summary and description again, FINISHED
+    else:
+        search.summarise()
+    return outcome
+
+
+def _run_tests(study: Study, experiment: str, search: MlflowTracker, callbacks: Sequence[Any],
+               wait_for_nodes: float | None) -> Outcome:
+    state, label = load_state(experiment), f"{study.key} test"
+    points = list(state.points or ())
+    restoring = _restorable(experiment)
+    ledger = CheckpointLedger(_Untracked() if restoring else None, managed=not state.spec.uses_ray_train)
+    guard = [placement.StallGuard(wait_for_nodes, search)] if wait_for_nodes else []
+    tune_callbacks = [ledger, *guard, *callbacks]
+    print(f"== {label}: the selected configuration of each of its {len(points)} cells, trained again with the "
+          f"search's seed and evaluated on test{' (resuming)' if restoring else ''}", flush=True)
+    if restoring:
+        tuner = tune.Tuner.restore(experiment, trainable=make_trainable(state.spec, state.opts), resume_errored=True)
+        tuner._local_tuner.get_run_config().callbacks = tune_callbacks  # this process's, as in _run_experiment
+    else:
+        tuner = study_tuner(state.spec, state.opts, tune_callbacks, state.opts.name, num_samples=len(points),
+                            search_alg=FixedPoints(points, study.metric, study.mode),
+                            max_concurrent_trials=state.opts.max_concurrent)
+    try:
+        grid = list(tuner.fit())
+    except KeyboardInterrupt:
+        return Outcome(label, interrupted=True)
+    tests, matches = _test_results(grid, state, search)
+    search.add_tests(tests, matches)
+    if differ := sum(not same for same in matches.values()):
+        print(f"== {label}: {differ} of {len(matches)} re-trained models differ from the searched ones (tag "
+              f"test_retrain_same_weights=false): their test numbers are of the re-trained models", flush=True)
+    stopped = len(points) - len(grid) + sum(r.error is None and not (r.metrics or {}).get(FINAL_KEY) for r in grid)
+    if stopped:  # Ctrl-C (Tune's graceful stop): --resume goes on with the test phase
+        return Outcome(label, interrupted=True)
+    print(f"== {label}: {len(tests)} of {len(points)} selected configurations tested", flush=True)
+    outcome = _failures(label, grid, ledger, search)
+    if outcome.failed:
+        print(f"== {outcome.line()}", flush=True)
+    return outcome
+
+
+def _test_results(grid: Sequence[Any], state: StudyState, search: MlflowTracker
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, bool]]:
+    """Each finished test trial's `test_*` values by the run id of the search trial it re-ran, and
+    whether its weights digest equals that trial's (where both have one)."""
+    by_point = {_point_key(p): run for p, run in zip(state.points or (), state.targets or ())}
+    tests: dict[str, dict[str, float]] = {}
+    matches: dict[str, bool] = {}
+    for r in grid:
+        m = r.metrics or {}
+        run_id = by_point.get(_point_key(r.config or {}))
+        if r.error is not None or not m.get(FINAL_KEY) or run_id is None:
+            continue
+        tests[run_id] = {k: float(v) for k, v in m.items()
+                         if k.startswith("test_") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        searched = search.client.get_run(run_id).data.tags.get("weights_digest")
+        if searched is not None and "weights_digest" in m:
+            matches[run_id] = math.isclose(float(searched), float(m["weights_digest"]), rel_tol=1e-9, abs_tol=1e-12)
+    return tests, matches
 
 
 def run_planned(planned: list[Planned], opts: RunOptions, *, callbacks: Sequence[Any] = ()) -> int:

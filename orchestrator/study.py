@@ -149,6 +149,10 @@ class Study:
     # full profile's comparison table shows them in a column beside the measured ones.
     cell_references: tuple[tuple[Cell, str], ...] = ()
     findings: tuple[Finding, ...] = ()             # the lab's expected findings, judged by the report
+    # Test once: the trainable reads `ctx.evaluate_test`; the search runs without the test split and
+    # the selected configuration of each cell is trained again, with the search seed, and tested
+    # (orchestrator/session.py). False: the trainable tests every trial it finishes.
+    test_once: bool = False
 
     def __post_init__(self) -> None:
         if set(self.profiles) != set(PROFILES):

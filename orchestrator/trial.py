@@ -30,6 +30,9 @@ class TrialSpec:
     gpus_per_worker: float = 0.0
     storage: str = ""
     max_failures: int = 0
+    # The trials may evaluate the test split (trainables.context): off for a study's search, on for
+    # its test phase and its --repeats. A spec pickled before this field reads the class default.
+    evaluate_test: bool = True
 
     @property
     def uses_ray_train(self) -> bool:

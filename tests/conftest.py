@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pytest
 
@@ -70,6 +70,16 @@ def child_runs(tmp_path: Path, experiment: str) -> Any:
     """The trial runs (children of a study's parent run) of an experiment, as a DataFrame."""
     df = runs(tmp_path, experiment)
     return df[df["tags.mlflow.parentRunId"].notna()]
+
+
+def assert_tested_once(children: Any, factors: Sequence[str], metric: str = "best_val_acc") -> None:
+    """Test once (#16): in each cell (combination of `factors`), the best trial by `metric` (ties to
+    the lower trial id) has test numbers, tagged `tested`, and no other trial has any."""
+    for cell, group in children.groupby([f"params.{f}" for f in factors]):
+        best = group.sort_values([f"metrics.{metric}", "tags.trial_id"], ascending=[False, True]).iloc[0]
+        tested = group[group["metrics.test_acc"].notna()]
+        assert list(tested.run_id) == [best.run_id], (cell, list(group["tags.trial_id"]), list(tested.run_id))
+        assert 0 <= best["metrics.test_acc"] <= 1 and best["tags.tested"] == "true", cell
 
 
 @pytest.fixture(scope="session")

@@ -63,10 +63,40 @@ def test_storage_can_be_a_uri(ray_local, tmp_path, monkeypatch):
     count = Count()
     rc = main(["lab1", "--study", "mlp-capacity", "--num-samples", "2", "--set", "epochs=2", "--quiet",
                "--storage", uri, "--mlflow-uri", mlflow_uri(tmp_path), *LOCAL_RAY], callbacks=[count])
-    assert rc == 0 and len(set(count.started)) == 2
-    experiments = list((tmp_path / "shared").glob("lab1-mlp-capacity-*"))
-    assert len(experiments) == 1 and (experiments[0] / "dla_study.pkl").exists()
+    # 2 searched trials in 2 cells, then each cell's selected configuration tested (a third experiment)
+    assert rc == 0 and len(set(count.started)) == 4
+    experiments = sorted((tmp_path / "shared").glob("lab1-mlp-capacity-*"))
+    assert [e.name.endswith("-test") for e in experiments] == [False, True]
+    assert all((e / "dla_study.pkl").exists() for e in experiments)
     assert list(experiments[0].glob("run_trial_*/checkpoint_*"))
     df = runs(tmp_path, "lab1")
     assert len(df) == 3 and set(df.status) == {"FINISHED"}
     assert df["tags.tune_experiment"].dropna().iloc[0].startswith("file://")
+
+
+def test_only_the_selected_configuration_of_each_cell_is_tested(ray_local, tmp_path, monkeypatch, capsys):
+    """Test once (#16): the search never evaluates the test split; each cell's best trial is trained
+    again with the search's seed, its test numbers land on that trial's run, and the re-trained
+    weights are the searched ones (CPU). Width pinned to 10: one cell, three trials, one tested."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    rc = run_cli(tmp_path, "lab1", "--study", "mlp-capacity", "--num-samples", "3", "--set", "epochs=2",
+                 "--set", "width=10")
+    assert rc == 0
+    assert "lab1/mlp-capacity test: 1 of 1 selected configurations tested" in capsys.readouterr().out
+    df = runs(tmp_path, "lab1")
+    children = df[df["tags.mlflow.parentRunId"].notna()]
+    assert len(children) == 3 and set(df.status) == {"FINISHED"}
+    tested = children[children["metrics.test_acc"].notna()]
+    assert len(tested) == 1
+    best = children.sort_values(["metrics.best_val_acc", "tags.trial_id"], ascending=[False, True]).iloc[0]
+    assert tested.run_id.iloc[0] == best.run_id  # the selected one: best val_acc, ties to the lower trial id
+    assert tested["tags.tested"].iloc[0] == "true" and tested["tags.test_retrain_same_weights"].iloc[0] == "true"
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    for run_id in children.run_id:  # no other trial has any test number, at any step
+        if run_id != best.run_id:
+            assert not any(k.startswith("test_") for k in client.get_run(run_id).data.metrics)
+    parent = df[df["tags.mlflow.parentRunId"].isna()].iloc[0]
+    assert parent["metrics.best_trial_test_acc"] == tested["metrics.test_acc"].iloc[0]
+    assert parent["tags.best_run_id"] == best.run_id

@@ -10,6 +10,10 @@ result is seen by the driver; a trial's working folder is synced later, if at al
 The last report of a trial that ran to its end says so, `final=True`: the Ray contexts add
 `FINAL_KEY: 1` to that result, so the tracker knows a finished trial from one a scheduler stopped
 without guessing from metric names; LocalContext sets `finished`.
+
+`evaluate_test`: whether the trainable may touch its test split. A study's search trials run with
+it off (selection is on validation); the selected configuration of each compared cell is trained
+again with it on, and only those numbers (and --repeats') are test numbers (orchestrator/session.py).
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ class Context(Protocol):
     rank: int
     world_size: int
     data_dir: Path | None
+    evaluate_test: bool
 
     def report(self, metrics: Mapping[str, float], state: Mapping[str, Any] | None = None,
                files: Mapping[str, bytes] | None = None, final: bool = False) -> None: ...
@@ -111,6 +116,7 @@ class LocalContext:
     rank: int = 0
     world_size: int = 1
     data_dir: Path | None = None
+    evaluate_test: bool = True
     checkpoint_dir: Path | None = None
     reports: list[dict[str, float]] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)

@@ -371,6 +371,35 @@ class MlflowTracker(tune.Callback):
                         "first_epoch": history[0]})  # figures that contrast trials before training moved them
         return out
 
+    def add_tests(self, tests: Mapping[str, Mapping[str, float]], matches: Mapping[str, bool]) -> None:
+        """A test-once study's test numbers (orchestrator/session.py), onto the runs of the trials they
+        test: `tests` maps a child run id to its configuration's `test_*` values, `matches` to whether
+        the re-trained model's weights equal the searched one's (tag `test_retrain_same_weights`).
+        The summary, table and description are written again by `close()` (a reopened tracker) or
+        `summarise()` (one already closed)."""
+        by_run = {r: t for t, r in self.runs.items()}
+        now = int(time.time() * 1000)
+        for run_id, values in tests.items():
+            if self.client.get_run(run_id).data.tags.get("tested") == "true":
+                continue  # logged before a --resume, which reads the finished test trials again
+            found = {k: float(v) for k, v in values.items() if k.startswith("test_") and math.isfinite(float(v))}
+            tags = {"tested": "true", **({"test_retrain_same_weights": str(matches[run_id]).lower()}
+                                         if run_id in matches else {})}
+            self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in to_log(found).items()],
+                                  tags=[RunTag(k, v) for k, v in tags.items()])
+            trial_id = by_run.get(run_id)
+            if trial_id is None or not self.history.get(trial_id):
+                continue
+            self.history[trial_id][-1].update(found)
+            results = {**found, **summary(self.history[trial_id], self.metric, self.mode)}
+            note = notes.child_note(self.names.get(trial_id, trial_id), trial_id, self.outcome.get(trial_id, "finished"),
+                                    self.parent_name, self.experiment_id, self.parent_id, self.study_text, results)
+            self.client.set_tag(run_id, "mlflow.note.content", note)
+
+    def summarise(self) -> None:
+        """The parent's summary, comparison table, description and saved view, written again."""
+        self._summarise(self.rows())
+
     def experiment_name(self) -> str:
         return self.client.get_experiment(self.experiment_id).name
 
@@ -631,7 +660,7 @@ def _study_text(study: "Study | None", tags: Mapping[str, str], params: Mapping[
         return notes.StudyText(metric=metric, mode=mode, pinned=pinned)
     return notes.StudyText(question=study.question, space=describe_space(study.space), pinned=pinned, metric=metric,
                            mode=mode, report_by=tuple(study.report_by), report_metrics=tuple(study.report_metrics),
-                           findings=tuple(study.findings))
+                           findings=tuple(study.findings), test_once=study.test_once)
 
 
 def _close(fig: Any) -> None:

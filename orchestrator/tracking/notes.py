@@ -24,7 +24,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..ranking import best_key, best_of_groups, expand_metrics, rank
+from ..ranking import best_key, best_of_groups, expand_metrics, rank, test_rule
 from ..verdicts import judge, mean_interval
 from .naming import describe, format_value
 
@@ -48,6 +48,7 @@ class StudyText:
     report_by: tuple[str, ...] = ()
     report_metrics: tuple[str, ...] = ()
     findings: tuple[Any, ...] = ()                           # orchestrator.verdicts.Finding records
+    test_once: bool = False                                  # Study.test_once: only selected trials are tested
 
 
 def run_link(experiment_id: str, run_id: str) -> str:
@@ -145,7 +146,8 @@ def describe_space(study: StudyText) -> str:
 
 def target(study: StudyText) -> str:
     return (f"{study.mode} `{study.metric}` at each trial's best epoch (`{best_key(study.metric)}`; ties go to the "
-            f"lower trial id); test metrics once, after a finished trial's last epoch.")
+            f"lower trial id); {test_rule(study.test_once)}.")
+
 
 
 def parent_note(study: StudyText, experiment_id: str, view_key: str, rows: Sequence[Mapping[str, Any]] | None,

@@ -98,20 +98,22 @@ def extract_features(model: ConvNet, split: Split, batch_size: int = 512) -> np.
     return torch.cat(parts).numpy()
 
 
-def fit_sklearn(cfg: TransferConfig, model: ConvNet, data: ImageData) -> dict[str, float]:
-    """Frozen features of every split, a scikit-learn classifier fitted on the whole training split."""
+def fit_sklearn(cfg: TransferConfig, model: ConvNet, data: ImageData, test: bool = True) -> dict[str, float]:
+    """Frozen features of every split (the test split only with `test`), a scikit-learn classifier
+    fitted on the whole training split."""
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
-    feats = {name: extract_features(model, getattr(data, name)) for name in ("train", "val", "test")}
+    splits = ("train", "val", "test") if test else ("train", "val")
+    feats = {name: extract_features(model, getattr(data, name)) for name in splits}
     labels = {name: getattr(data, name).y.cpu().numpy() for name in feats}
     head = (LinearSVC(C=cfg.svc_c, max_iter=5000, random_state=cfg.seed) if cfg.variant == "linear-svc"
             else KNeighborsClassifier(n_neighbors=min(cfg.knn_k, len(labels["train"]))))
     clf = make_pipeline(StandardScaler(), head).fit(feats["train"], labels["train"])
     acc = {name: float((clf.predict(feats[name]) == labels[name]).mean()) for name in feats}
-    return {"epoch": 1, "train_acc": acc["train"], "val_acc": acc["val"], "test_acc": acc["test"],
+    return {"epoch": 1, "train_acc": acc["train"], "val_acc": acc["val"], **({"test_acc": acc["test"]} if test else {}),
             "feature_dim": float(feats["train"].shape[1]), "train_images": float(len(labels["train"]))}
 
 
@@ -134,7 +136,7 @@ def train(cfg: TransferConfig, ctx: Context) -> dict[str, float]:
     data = load_data(cfg, ctx)
     files = {"config.json": json_bytes(asdict(cfg)), "source.json": json_bytes(describe(src))}
     if cfg.variant in SKLEARN_VARIANTS:
-        metrics = {**fit_sklearn(cfg, source.to(ctx.device), data), **source_metrics}
+        metrics = {**fit_sklearn(cfg, source.to(ctx.device), data, ctx.evaluate_test), **source_metrics}
         ctx.report(metrics, files=files, final=True)
         return metrics
 
@@ -161,7 +163,7 @@ def train(cfg: TransferConfig, ctx: Context) -> dict[str, float]:
     for epoch in range(start, cfg.epochs):
         metrics = {**train_and_validate(net, opt, sched, data, cfg, ctx, epoch, speed), **fixed}
         last = epoch + 1 == cfg.epochs
-        if last:  # the test set, once, for the finished model
+        if last and ctx.evaluate_test:  # the test set, once, for the finished model
             metrics["test_loss"], metrics["test_acc"] = evaluate(net, data.test, speed=speed)
         state_out = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "epoch": epoch, "config": asdict(cfg)}
