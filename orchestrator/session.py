@@ -38,7 +38,7 @@ from .ranking import rank
 from .recovery import CheckpointLedger, ResumingTracker
 from .sources import resolve_source
 from .studies import Study
-from .tracking import UI_APP, Lookup, MlflowTracker, default_uri, ensure_server, find_parent, stop_server
+from .tracking import UI_APP, Lookup, MlflowTracker, Tested, default_uri, ensure_server, find_parent, stop_server
 from .tuning import TuneOptions, build_tuner, connect_ray, make_trainable, study_tuner
 
 STATE_FILE = "dla_study.pkl"  # beside Tune's own state: what --resume needs to rebuild the study
@@ -481,10 +481,11 @@ def _run_tests(study: Study, experiment: str, search: MlflowTracker, callbacks: 
         grid = list(tuner.fit())
     except KeyboardInterrupt:
         return Outcome(label, interrupted=True)
-    tests, matches = _test_results(grid, state, search)
-    search.add_tests(tests, matches)
-    if differ := sum(not same for same in matches.values()):
-        print(f"== {label}: {differ} of {len(matches)} re-trained models differ from the searched ones (tag "
+    tests = _test_results(grid, state, search)
+    search.add_tests(tests)
+    checked = [t.same_weights for t in tests.values() if t.same_weights is not None]
+    if differ := checked.count(False):
+        print(f"== {label}: {differ} of {len(checked)} re-trained models differ from the searched ones (tag "
               f"test_retrain_same_weights=false): their test numbers are of the re-trained models", flush=True)
     stopped = len(points) - len(grid) + sum(r.error is None and not (r.metrics or {}).get(FINAL_KEY) for r in grid)
     if stopped:  # Ctrl-C (Tune's graceful stop): --resume goes on with the test phase
@@ -496,24 +497,22 @@ def _run_tests(study: Study, experiment: str, search: MlflowTracker, callbacks: 
     return outcome
 
 
-def _test_results(grid: Sequence[Any], state: StudyState, search: MlflowTracker
-                  ) -> tuple[dict[str, dict[str, float]], dict[str, bool]]:
-    """Each finished test trial's `test_*` values by the run id of the search trial it re-ran, and
-    whether its weights digest equals that trial's (where both have one)."""
+def _test_results(grid: Sequence[Any], state: StudyState, search: MlflowTracker) -> dict[str, Tested]:
+    """Each finished test trial's result by the run id of the search trial it re-ran, with whether
+    its weights digest equals that trial's (where both have one)."""
     by_point = {_point_key(p): run for p, run in zip(state.points or (), state.targets or ())}
-    tests: dict[str, dict[str, float]] = {}
-    matches: dict[str, bool] = {}
+    tests: dict[str, Tested] = {}
     for r in grid:
         m = r.metrics or {}
         run_id = by_point.get(_point_key(r.config or {}))
         if r.error is not None or not m.get(FINAL_KEY) or run_id is None:
             continue
-        tests[run_id] = {k: float(v) for k, v in m.items()
-                         if k.startswith("test_") and isinstance(v, (int, float)) and not isinstance(v, bool)}
         searched = search.client.get_run(run_id).data.tags.get("weights_digest")
+        same = None
         if searched is not None and "weights_digest" in m:
-            matches[run_id] = math.isclose(float(searched), float(m["weights_digest"]), rel_tol=1e-9, abs_tol=1e-12)
-    return tests, matches
+            same = math.isclose(float(searched), float(m["weights_digest"]), rel_tol=1e-9, abs_tol=1e-12)
+        tests[run_id] = Tested(dict(m), r.checkpoint, same)
+    return tests
 
 
 def run_planned(planned: list[Planned], opts: RunOptions, *, callbacks: Sequence[Any] = ()) -> int:

@@ -149,6 +149,8 @@ def verdict(study: Study, inv: Mapping[str, Any] | None, report_section: str) ->
     logged = [c for c in finished if any(k in c["metrics"] for k in (study.metric, f"best_{study.metric}"))]
     if len(logged) < len(finished):
         return False, f"{len(finished) - len(logged)} finished trials have no {study.metric} in MLflow (logging)"
+    if study.test_once and not any(c["tags"].get("tested") == "true" for c in finished):
+        return False, "trials ok, but no selected trial was tested (the test phase: see the lines above)"
     if not report_section:
         return False, "trials ok, but the report has no section for it (report)"
     if "Not run yet." in report_section:

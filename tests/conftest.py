@@ -75,7 +75,8 @@ def child_runs(tmp_path: Path, experiment: str) -> Any:
 def assert_tested_once(children: Any, factors: Sequence[str], metric: str = "best_val_acc") -> None:
     """Test once (#16): in each cell (combination of `factors`), the best trial by `metric` (ties to
     the lower trial id) has test numbers, tagged `tested`, and no other trial has any."""
-    for cell, group in children.groupby([f"params.{f}" for f in factors]):
+    groups = children.groupby([f"params.{f}" for f in factors]) if factors else [((), children)]
+    for cell, group in groups:
         best = group.sort_values([f"metrics.{metric}", "tags.trial_id"], ascending=[False, True]).iloc[0]
         tested = group[group["metrics.test_acc"].notna()]
         assert list(tested.run_id) == [best.run_id], (cell, list(group["tags.trial_id"]), list(tested.run_id))

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import mlflow_uri, run_cli, runs
+from orchestrator.studies import get_study
+from tests.conftest import assert_tested_once, mlflow_uri, run_cli, runs
 
 pytestmark = pytest.mark.slow
 
-# study -> (--set overrides that shrink it, searched params, metrics every finished trial logs)
+# study -> (--set overrides that shrink it, searched params, metrics every finished trial logs; test_*:
+# only the tested ones)
 CASES = {
     "sentiment-baseline": ([], ["classifier", "C"], ["val_acc", "val_f1", "test_acc", "test_f1", "encoder_changed"]),
     "sentiment-finetune": (["epochs=2"], ["lr", "batch_size", "weight_decay"],
@@ -43,9 +45,13 @@ def test_study_runs_and_logs_params_and_metrics(study, ray_local, data_dir, tmp_
     assert (children["tags.status"] == "finished").all()
     for name in searched:
         assert children[f"params.{name}"].notna().all(), name
+    # Test once: validation on every trial, the test split only on each cell's selected trial
+    record = get_study("lab3", study)
+    assert_tested_once(children, record.factors, f"best_{record.metric}")
+    tested = children[children["tags.tested"] == "true"]
     for name in metrics:
-        assert children[f"metrics.{name}"].notna().all(), name
-    assert ((children["metrics.test_acc"] >= 0) & (children["metrics.test_acc"] <= 1)).all()
+        assert (tested if name.startswith("test_") else children)[f"metrics.{name}"].notna().all(), name
+    assert not children.loc[children["tags.tested"] != "true", "metrics.test_acc"].notna().any()
     if study == "sentiment-lora":
         frac = children["metrics.trainable_fraction"]
         assert ((0 < frac) & (frac < 1)).all()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from tests.conftest import mlflow_uri, run_cli, runs
+from orchestrator.studies import get_study
+from tests.conftest import assert_tested_once, mlflow_uri, run_cli, runs
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +48,21 @@ def test_study_runs_as_a_tune_study_logged_to_mlflow(ray_local, tmp_path, monkey
     for name in params:
         assert children[f"params.{name}"].notna().all(), name
     assert any(children[f"params.{name}"].nunique() == 2 for name in params)  # the search did vary them
+    # Test once: the search evaluated validation only; each cell's selected trial (classifier: one
+    # cell; the others: 2 trials cover 2 cells) was trained again and its test-split results, metrics
+    # and files, went onto its run.
+    record = get_study("lab4", study)
+    assert_tested_once(children, record.factors, f"best_{record.metric}")
+    tested = children[children["tags.tested"] == "true"]
+    assert len(tested) == (1 if study == "classifier" else 2)
     for name in metrics:
-        assert children[f"metrics.{name}"].notna().all(), name
+        assert (children if name.startswith("val_") else tested)[f"metrics.{name}"].notna().all(), name
     client = mlflow.MlflowClient(mlflow_uri(tmp_path))
     post_hoc = study in ("ood", "fgsm", "targeted")
     for run_id in children.run_id:
         # (a one-step history has no curves to draw)
-        assert set(files) | {"config.json"} | ({"figures/curves.png"} if not post_hoc else set()) \
+        test_files = set(files) if run_id in set(tested.run_id) else set()
+        assert test_files | {"config.json"} | ({"figures/curves.png"} if not post_hoc else set()) \
             <= _artifacts(client, run_id)
         # a post-hoc trial probes the trained model once: its training's last epoch is its one step
         steps = sorted(m.step for m in client.get_metric_history(run_id, "val_acc"))

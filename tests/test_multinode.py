@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from tests.conftest import child_runs, run_cli
+from tests.conftest import assert_tested_once, child_runs, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -63,9 +63,9 @@ def test_outputs_go_under_smoke_unless_named(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- the verdict, on records as MLflow returns them
-def _child(status: str, metrics: dict, error_file: str = "", start: int = 0) -> dict:
-    return {"status": status, "metrics": metrics, "tags": {"error_file": error_file} if error_file else {},
-            "start_time": start}
+def _child(status: str, metrics: dict, error_file: str = "", start: int = 0, tested: bool = True) -> dict:
+    tags = {**({"error_file": error_file} if error_file else {}), **({"tested": "true"} if tested else {})}
+    return {"status": status, "metrics": metrics, "tags": tags, "start_time": start}
 
 
 RESNET = get_study("lab1", "resnet")
@@ -95,6 +95,8 @@ def test_verdict_says_where_a_trial_failed_and_why(tmp_path):
     ({"parent": {"start_time": 0}, "children": []}, SECTION, "no trial started"),
     ({"parent": {"start_time": 0}, "children": [_child("FINISHED", {"train_loss": 1.0})]}, SECTION,
      "1 finished trials have no val_acc in MLflow (logging)"),
+    ({"parent": {"start_time": 0}, "children": [_child("FINISHED", {"val_acc": 0.3}, tested=False)]}, SECTION,
+     "no selected trial was tested (the test phase"),
     ({"parent": {"start_time": 0}, "children": [_child("FINISHED", {"val_acc": 0.3})]}, "", "the report has no section"),
     ({"parent": {"start_time": 0}, "children": [_child("FINISHED", {"val_acc": 0.3})]},
      "## lab1/resnet: q\n\nNot run yet.\n", "the report did not find its runs"),

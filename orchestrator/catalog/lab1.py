@@ -98,7 +98,8 @@ STUDIES = [
                                      searched=("batch_size",)),
                     "full": Profile(base={**_CNN_FULL, "model": "resnet18", "epochs": 30}, per_cell=6,
                                     datasets=("cifar10",), searched=("batch_size", "optimizer", "weight_decay"))},
-          early_stopping=True, grace_period=2, gpus_per_trial=0.5, test_once=True, cells=grid(optimizer=("sgd", "adam")),
+          early_stopping=True, grace_period=2, gpus_per_trial=0.5, test_once=True,
+          cells=grid(optimizer=("sgd", "adam")),
           compare=lambda rows: plots.metric_by(rows, "lr", "val_acc", group="optimizer",
                                                title="best validation accuracy vs lr"),
           references="ResNet-18 from scratch on CIFAR-10: ~85-95% depending on epochs."),
@@ -122,7 +123,8 @@ STUDIES = [
           # nothing is tuned inside a cell (the source model is fixed): one trial each
           profiles={"quick": Profile(base=_CAM_QUICK, per_cell=1),
                     "full": Profile(base=_CAM_FULL, per_cell=1, datasets=("cifar10",))},
-          metric="val_faithfulness", early_stopping=False, gpus_per_trial=0.25, compare=lab1_figures.cam_comparison,
+          metric="val_faithfulness", early_stopping=False, gpus_per_trial=0.25, test_once=True,
+          compare=lab1_figures.cam_comparison,
           # "The trained CNN" first; a ResNet-18 on 8x8 digits ends in 1x1 maps (rejected by cam_conflict).
           source=SourceModel(candidates=(("residual-cnn",), ("resnet",)), load=lab1_source.load_checkpoint_model,
                              conflict=_cam_conflict),

@@ -96,6 +96,17 @@ class TrialView:
                    str(getattr(trial, "error_file", "") or ""))
 
 
+@dataclass(frozen=True)
+class Tested:
+    """What a test-once study's test phase found for one selected trial (MlflowTracker.add_tests):
+    the test trial's last result, its last checkpoint, and whether its weights digest equals the
+    searched trial's (None when either has none)."""
+
+    metrics: Mapping[str, Any]
+    checkpoint: Any = None
+    same_weights: bool | None = None
+
+
 class MlflowTracker(tune.Callback):
     """A Tune callback that owns the study's MLflow runs. Its hooks return at once; `drain()`,
     `rows()` and `close()` wait for the writer. A logging failure does not stop the study: it is
@@ -371,34 +382,45 @@ class MlflowTracker(tune.Callback):
                         "first_epoch": history[0]})  # figures that contrast trials before training moved them
         return out
 
-    def add_tests(self, tests: Mapping[str, Mapping[str, float]], matches: Mapping[str, bool]) -> None:
-        """A test-once study's test numbers (orchestrator/session.py), onto the runs of the trials they
-        test: `tests` maps a child run id to its configuration's `test_*` values, `matches` to whether
-        the re-trained model's weights equal the searched one's (tag `test_retrain_same_weights`).
-        The summary, table and description are written again by `close()` (a reopened tracker) or
-        `summarise()` (one already closed)."""
+    def add_tests(self, tests: Mapping[str, "Tested"]) -> None:
+        """A test-once study's test phase (orchestrator/session.py), onto the runs of the trials it
+        tested, by child run id: the metrics the searched trial did not report (its `test_*`, and
+        whatever else the trainable computes only with the test split), the files of the test
+        trial's last checkpoint and the figures drawn from them; tags `tested` and
+        `test_retrain_same_weights`. The parent's summary is written again by `close()` (a reopened
+        tracker) or `summarise()` (one already closed)."""
         by_run = {r: t for t, r in self.runs.items()}
         now = int(time.time() * 1000)
-        for run_id, values in tests.items():
-            if self.client.get_run(run_id).data.tags.get("tested") == "true":
+        for run_id, test in tests.items():
+            run = self.client.get_run(run_id)
+            if run.data.tags.get("tested") == "true":
                 continue  # logged before a --resume, which reads the finished test trials again
-            found = {k: float(v) for k, v in values.items() if k.startswith("test_") and math.isfinite(float(v))}
-            tags = {"tested": "true", **({"test_retrain_same_weights": str(matches[run_id]).lower()}
-                                         if run_id in matches else {})}
-            self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in to_log(found).items()],
+            reported = {k: float(v) for k, v in test.metrics.items() if k not in SKIPPED_KEYS
+                        and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+            new = {k: v for k, v in to_log(reported).items() if k not in run.data.metrics}
+            tags = {"tested": "true", **({"test_retrain_same_weights": str(test.same_weights).lower()}
+                                         if test.same_weights is not None else {})}
+            self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in new.items()],
                                   tags=[RunTag(k, v) for k, v in tags.items()])
-            trial_id = by_run.get(run_id)
-            if trial_id is None or not self.history.get(trial_id):
+            trial_id = by_run.get(run_id, run.data.tags.get("trial_id", run_id))
+            name = self.names.get(trial_id, run.info.run_name or trial_id)
+            self._log_checkpoint(run_id, TrialView(trial_id, {}, dict(test.metrics), test.checkpoint), with_model=False)
+            self._log_file_figures(run_id, trial_id, name)
+            if not self.history.get(trial_id):
                 continue
-            self.history[trial_id][-1].update(found)
-            results = {**found, **summary(self.history[trial_id], self.metric, self.mode)}
-            note = notes.child_note(self.names.get(trial_id, trial_id), trial_id, self.outcome.get(trial_id, "finished"),
-                                    self.parent_name, self.experiment_id, self.parent_id, self.study_text, results)
+            self.history[trial_id][-1].update(new)
+            results = {**{k: v for k, v in self.history[trial_id][-1].items() if k.startswith("test_")},
+                       **summary(self.history[trial_id], self.metric, self.mode)}
+            note = notes.child_note(name, trial_id, self.outcome.get(trial_id, "finished"), self.parent_name,
+                                    self.experiment_id, self.parent_id, self.study_text, results)
             self.client.set_tag(run_id, "mlflow.note.content", note)
 
     def summarise(self) -> None:
         """The parent's summary, comparison table, description and saved view, written again."""
-        self._summarise(self.rows())
+        try:
+            self._summarise(self.rows())
+        except Exception as e:  # as in _end_runs: a summary must never turn a finished study into a failure
+            log.warning("study summary failed: %s", e, exc_info=True)
 
     def experiment_name(self) -> str:
         return self.client.get_experiment(self.experiment_id).name

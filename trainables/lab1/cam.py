@@ -214,17 +214,20 @@ def train(cfg: CamConfig, ctx: Context) -> dict[str, float]:
     data = load_data(src, ctx)  # the CNN's own splits: its test images were never trained on
     names = class_names(src.dataset, src.classes, data.num_classes)
     val_loss, val_acc = evaluate(model, data.val)
-    test_loss, test_acc = evaluate(model, data.test)
 
     x = to_float(data.val.x[: cfg.max_eval])
     maps = heat_maps(model, cfg.method, cfg.layer, x, predict(model, data.val.x[: cfg.max_eval]).argmax(1))
     fill = torch.tensor(data.mean, device=x.device).view(1, -1, 1, 1)  # the mean pixel: "no information"
     salient, random = probability_drop(model, x, maps, cfg.delete_fraction, fill, cfg.seed)
-    files, mistakes = figures(model, cfg, data, names)
     map_size = stage_sizes(model, x[:1])[-1 if cfg.layer == "last" else -2]
-    metrics = {"epoch": 1, "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-               "val_drop/salient": salient, "val_drop/random": random, "val_faithfulness": salient - random,
-               "test_mistakes": float(mistakes), "map_size": float(map_size), **source_metrics}
+    metrics = {"epoch": 1, "val_loss": val_loss, "val_acc": val_acc, "val_drop/salient": salient,
+               "val_drop/random": random, "val_faithfulness": salient - random, "map_size": float(map_size),
+               **source_metrics}
+    files: dict[str, bytes] = {}
+    if ctx.evaluate_test:  # the figures show test images too: the selected method's trial draws them
+        files, mistakes = figures(model, cfg, data, names)
+        metrics["test_loss"], metrics["test_acc"] = evaluate(model, data.test)
+        metrics["test_mistakes"] = float(mistakes)
     files.update({"config.json": json_bytes(asdict(cfg)), "source.json": json_bytes(describe(src))})
     ctx.report(metrics, files=files, final=True)
     return metrics

@@ -173,15 +173,17 @@ def accuracy_metrics(pred: torch.Tensor, y: torch.Tensor, prefix: str, names: Se
     return out
 
 
-def linear_probe(head: PromptClassifier, data: ClipData, batch: int, suffix: str) -> dict[str, float]:
-    """Logistic regression on the normalised image embeddings of the training shots."""
+def linear_probe(head: PromptClassifier, data: ClipData, batch: int, suffix: str, test: bool = True
+                 ) -> dict[str, float]:
+    """Logistic regression on the normalised image embeddings of the training shots (scored on the
+    test split only with `test`)."""
     from sklearn.linear_model import LogisticRegression
 
-    feats = {name: predict(head, split, batch)[1].cpu().numpy() for name, split in
-             (("train", data.train), ("val", data.val), ("test", data.test))}
+    scored = (("val", data.val), ("test", data.test)) if test else (("val", data.val),)
+    feats = {name: predict(head, split, batch)[1].cpu().numpy()
+             for name, split in (("train", data.train), *scored)}
     clf = LogisticRegression(C=10.0, max_iter=2000).fit(feats["train"], data.train.y.cpu().numpy())
-    return {f"{name}_acc_linear{suffix}": float(clf.score(feats[name], split.y.cpu().numpy()))
-            for name, split in (("val", data.val), ("test", data.test))}
+    return {f"{name}_acc_linear{suffix}": float(clf.score(feats[name], split.y.cpu().numpy())) for name, split in scored}
 
 
 def train(cfg: ClipConfig, ctx: Context) -> dict[str, float]:
@@ -194,10 +196,13 @@ def zero_shot(cfg: ClipConfig, ctx: Context) -> dict[str, float]:
     head = PromptClassifier(clip, tokenizer, data.class_names, templates(cfg)).to(ctx.device)
     metrics: dict[str, float] = {"epoch": 1, "num_classes": len(data.class_names), "num_templates": head.num_templates}
     metrics.update(accuracy_metrics(predict(head, data.val, cfg.eval_batch)[0], data.val.y, "val"))
-    metrics.update(accuracy_metrics(predict(head, data.test, cfg.eval_batch)[0], data.test.y, "test", data.class_names))
-    per_class = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("test_acc/")}
-    ctx.report(metrics, files={"per_class.json": json_bytes(per_class), "config.json": json_bytes(asdict(cfg))},
-               final=True)
+    files = {"config.json": json_bytes(asdict(cfg))}
+    if ctx.evaluate_test:
+        metrics.update(accuracy_metrics(predict(head, data.test, cfg.eval_batch)[0], data.test.y, "test",
+                                        data.class_names))
+        files["per_class.json"] = json_bytes({k.split("/", 1)[1]: v for k, v in metrics.items()
+                                              if k.startswith("test_acc/")})
+    ctx.report(metrics, files=files, final=True)
     return metrics
 
 
@@ -207,10 +212,11 @@ def lora(cfg: ClipConfig, ctx: Context) -> dict[str, float]:
     clip, tokenizer = load_clip(cfg.model, ctx.data_dir)
     data = load_clip_data(cfg, ctx.data_dir, int(clip.config.vision_config.image_size), ctx.device)
     head = PromptClassifier(clip, tokenizer, data.class_names, templates(cfg)).to(ctx.device)
-    before = {**accuracy_metrics(predict(head, data.val, cfg.eval_batch)[0], data.val.y, "val"),
-              **accuracy_metrics(predict(head, data.test, cfg.eval_batch)[0], data.test.y, "test")}
+    before = accuracy_metrics(predict(head, data.val, cfg.eval_batch)[0], data.val.y, "val")
+    if ctx.evaluate_test:
+        before.update(accuracy_metrics(predict(head, data.test, cfg.eval_batch)[0], data.test.y, "test"))
     before = {f"{k}_before": v for k, v in before.items()}
-    before.update(linear_probe(head, data, cfg.eval_batch, "_before"))
+    before.update(linear_probe(head, data, cfg.eval_batch, "_before", ctx.evaluate_test))
     peft_model = apply_lora(clip, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets,
                             dropout=cfg.lora_dropout, towers=cfg.lora_towers)
     counts = param_counts(peft_model)
@@ -235,11 +241,12 @@ def lora(cfg: ClipConfig, ctx: Context) -> dict[str, float]:
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                    **accuracy_metrics(pred, data.val.y, "val"), "lr": sched.get_last_lr()[0], **counts}
         files, last = None, epoch + 1 == cfg.epochs
-        if last:  # the test set, once, for the adapted model; both heads, before/after
+        if last and ctx.evaluate_test:  # the test set, once, for the adapted model
             pred = predict(head, data.test, cfg.eval_batch)[0]
             metrics.update(accuracy_metrics(pred, data.test.y, "test", data.class_names))
-            metrics.update(before, **linear_probe(head, data, cfg.eval_batch, ""), weights_digest=weights_digest(head),
-                           world_size=ctx.world_size)
+        if last:  # both heads, before/after
+            metrics.update(before, **linear_probe(head, data, cfg.eval_batch, "", ctx.evaluate_test),
+                           weights_digest=weights_digest(head), world_size=ctx.world_size)
             files = {"config.json": json_bytes(asdict(cfg))}
         state = {"model": trainable_state(head), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "epoch": epoch, "config": asdict(cfg)}

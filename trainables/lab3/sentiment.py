@@ -124,6 +124,9 @@ def fit_linear(cfg: SentimentConfig, x: np.ndarray, y: np.ndarray) -> Any:
     return make_pipeline(StandardScaler(), clf).fit(x, y)
 
 
+PREFIX = {"train": "train", "validation": "val", "test": "test"}  # a split's metric names
+
+
 def frozen_baseline(cfg: SentimentConfig, ctx: Context) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     data = load_sentiment(cfg.dataset, ctx.data_dir, cfg.max_train)
@@ -131,13 +134,14 @@ def frozen_baseline(cfg: SentimentConfig, ctx: Context) -> dict[str, float]:
     encoder = load_text_model(cfg.model, ctx.data_dir, tokenizer, classifier=False).to(ctx.device)
     encoder.requires_grad_(False)  # frozen: nothing here may change it
     digest_init = encoder_digest(encoder)
+    splits = ("train", "validation", "test") if ctx.evaluate_test else ("train", "validation")
     feats = {split: cls_features(encoder, tokenizer, data[split]["text"], cfg.feature_batch, cfg.max_length, ctx.device)
-             for split in ("train", "validation", "test")}
+             for split in splits}
     labels = {split: np.asarray(data[split]["label"]) for split in feats}
     pipe = fit_linear(cfg, feats["train"], labels["train"])
     metrics: dict[str, float] = {"epoch": 1, "feature_dim": feats["train"].shape[1], "train_size": len(labels["train"])}
-    for split, prefix in (("train", "train"), ("validation", "val"), ("test", "test")):
-        metrics.update(classification_metrics(labels[split], pipe.predict(feats[split]), prefix))
+    for split in splits:
+        metrics.update(classification_metrics(labels[split], pipe.predict(feats[split]), PREFIX[split]))
     digest = encoder_digest(encoder)
     metrics.update(encoder_digest_init=digest_init, encoder_digest=digest, encoder_changed=float(digest != digest_init),
                    trainable_params=0.0, total_params=float(sum(p.numel() for p in encoder.parameters())))
@@ -235,11 +239,12 @@ def fine_tune(cfg: SentimentConfig, ctx: Context) -> dict[str, float]:
         trainer = build_trainer(cfg, ctx, model, tokenizer, tokens, out, callback)
         resume = resume_folder(restored, model, Path(out) / "resume") if restored else None
         trainer.train(resume_from_checkpoint=resume)
-        test = trainer.predict(tokens["test"]).metrics  # the test set, once, for the finished model
+        # the test set, once, for the finished model (every DDP rank: predict is collective)
+        test = trainer.predict(tokens["test"]).metrics if ctx.evaluate_test else {}
     if callback.final is None:  # resumed after the last epoch had been reported: nothing left to do
         return {}
     metrics, state = callback.final
-    metrics.update({f"test_{k}": float(test[f"test_{k}"]) for k in ("loss", "acc", "f1")})
+    metrics.update({f"test_{k}": float(test[f"test_{k}"]) for k in ("loss", "acc", "f1") if test})
     digest = encoder_digest(model)
     metrics.update(counts, encoder_digest_init=digest_init, encoder_digest=digest,
                    encoder_changed=float(digest != digest_init), weights_digest=weights_digest(model),

@@ -286,7 +286,7 @@ def train(cfg: Lab4Config, ctx: Context) -> dict[str, float]:
     start = m.load(state) if (state := ctx.restore()) is not None else 0
     adversarial = cfg.task == "adv-train"
     probe_batch = (to_float(data.val.x[:cfg.co_batch]), data.val.y[:cfg.co_batch])
-    ood = evaluation.load_ood(cfg, ctx, data) if adversarial else None
+    ood = evaluation.load_ood(cfg, ctx, data) if adversarial and ctx.evaluate_test else None
 
     metrics: dict[str, float] = {}
     for epoch in range(start, cfg.epochs):
@@ -299,7 +299,7 @@ def train(cfg: Lab4Config, ctx: Context) -> dict[str, float]:
         if last:
             if stop:  # Wong et al.'s remedy: keep the weights of the best PGD epoch
                 m.model.load_state_dict(m.best_weights)
-            final, files = final_evaluation(cfg, m.model, m.ae, data, ood)
+            final, files = final_evaluation(cfg, m.model, m.ae, data, ood) if ctx.evaluate_test else ({}, {})
             metrics.update(final, weights_digest=weights_digest(m.model))
             if adversarial:
                 metrics.update(catastrophic_overfit=float(stop), co_epoch=float(epoch + 1 if stop else 0),
@@ -349,7 +349,7 @@ def probe(cfg: Lab4Config, ctx: Context, data: ImageData) -> dict[str, float]:
         metrics.update(evaluation.val_auroc(cfg, model, ae, data, ood))
     else:
         metrics.update(evaluation.val_attack(cfg, model, data))
-    final, files = final_evaluation(cfg, model, ae, data, ood)
+    final, files = final_evaluation(cfg, model, ae, data, ood) if ctx.evaluate_test else ({}, {})
     metrics.update(final, weights_digest=weights_digest(model))
     files["config.json"] = json_bytes(asdict(cfg))
     files["probed_model.json"] = json_bytes({"model": trained.name, "trained_here": trained.trained_here,
@@ -374,7 +374,8 @@ def probed_conflict(saved: Lab4Config, ckpt: dict[str, Any], base: Mapping[str, 
 
 def final_evaluation(cfg: Lab4Config, model: nn.Module, ae: nn.Module | None, data: ImageData,
                      ood: evaluation.OodImages | None) -> tuple[dict[str, float], dict[str, bytes]]:
-    """Test metrics of the finished model plus the task's evaluation, and the files it made."""
+    """Test metrics of the finished model plus the task's evaluation, and the files it made: all on
+    the test split, so only with `ctx.evaluate_test` (a study's search selects on validation)."""
     test_loss, test_acc = evaluate(model, data.test)
     out = {"test_loss": test_loss, "test_acc": test_acc}
     if cfg.task == "ood":
