@@ -446,6 +446,10 @@ def _tests(study: Study, progress: Progress, tracker: MlflowTracker | None, reco
     if not progress.tests:
         state = load_state(progress.experiment)
         chosen = selected(study, search.rows())
+        if not chosen:  # no trial finished: nothing to test (the search's outcome says why)
+            if tracker is None:
+                search.close()
+            return Outcome(f"{study.key} test")
         name = f"{state.opts.name}-test"
         tests = replace(state, spec=replace(state.spec, evaluate_test=True), opts=replace(state.opts, name=name),
                         points=tuple(dict(r["params"]) for r in chosen), targets=tuple(r["run_id"] for r in chosen))
@@ -469,7 +473,8 @@ def _run_tests(study: Study, experiment: str, search: MlflowTracker, callbacks: 
     guard = [placement.StallGuard(wait_for_nodes, search)] if wait_for_nodes else []
     tune_callbacks = [ledger, *guard, *callbacks]
     print(f"== {label}: the selected configuration of each of its {len(points)} cells, trained again with the "
-          f"search's seed and evaluated on test{' (resuming)' if restoring else ''}", flush=True)
+          f"search's seed and evaluated on test{' (resuming)' if restoring else ''}; MLflow parent run "
+          f"{search.parent_id}", flush=True)
     if restoring:
         tuner = tune.Tuner.restore(experiment, trainable=make_trainable(state.spec, state.opts), resume_errored=True)
         tuner._local_tuner.get_run_config().callbacks = tune_callbacks  # this process's, as in _run_experiment

@@ -160,3 +160,45 @@ def test_lab_resume_goes_on_with_the_study_then_those_that_never_started_repeats
         assert repeats["tags.repeats_of"].iloc[0] == search.run_id.iloc[0]
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## lab1/mlp-capacity" in report and "## lab1/residual-mlp" in report and "mean ± std" in report
+
+
+def test_a_driver_killed_in_the_test_phase_resumes_it_and_tests_each_cell_once(tmp_path):
+    """Test once (#16) across a kill: SIGKILLed once a test trial has written a checkpoint, the
+    driver's --resume goes on with the test phase (not the search), and each cell's selected trial
+    ends with one test number, on its own run."""
+    from tests.conftest import assert_tested_once
+
+    study = ("--study", "mlp-capacity", "--num-samples", "3", "--max-concurrent", "1", "--set", "epochs=6",
+             "batch_size=16")
+    storage = tmp_path / "ray_results"
+    for _ in range(ATTEMPTS):
+        proc = _run_py(tmp_path, "first.log", *study)
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and proc.poll() is None and not list(
+                    storage.glob("*-test/run_trial_*/checkpoint_*")):
+                time.sleep(0.2)
+            if ray_did_not_start(proc, tmp_path / "first.log"):
+                continue
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            break
+        finally:
+            proc.kill()
+    rc = _finish(tmp_path, "last.log", "--resume")
+    out = (tmp_path / "last.log").read_text()
+    assert rc == 0, out[-4000:]
+    assert "lab1/mlp-capacity test: the selected configuration of each of its 3 cells" in out and "(resuming)" in out
+    assert "lab1/mlp-capacity (quick): 3 trials" not in out  # the search was not run again
+    df = runs(tmp_path, "lab1")
+    assert set(df.status) == {"FINISHED"}
+    children = df[df["tags.mlflow.parentRunId"].notna()]
+    assert len(children) == 3
+    assert_tested_once(children, ["width"])
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    for run_id in children[children["tags.tested"] == "true"].run_id:
+        assert len(client.get_metric_history(run_id, "test_acc")) == 1
+    parent = df[df["tags.mlflow.parentRunId"].isna()].iloc[0]
+    best = children[children.run_id == parent["tags.best_run_id"]].iloc[0]
+    assert parent["metrics.best_trial_test_acc"] == best["metrics.test_acc"]

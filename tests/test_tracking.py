@@ -451,3 +451,40 @@ def test_the_notes_judge_findings_on_the_trackers_own_rows():
     [line] = notes.verdict_lines(text, rows + [row(False, 4, 0.99, status="KILLED")])
     assert line.startswith("the skip keeps the deepest MLP trainable: residual − plain best_val_acc at depth=8: +0.720 [")
     assert line.endswith("(3 vs 3 seeds): holds")
+
+
+# ---------------------------------------------------------------- test once (#16)
+def test_a_test_phase_adds_its_new_numbers_and_files_to_the_tested_run_only(tmp_path):
+    """MlflowTracker.add_tests on a closed study: the tested run gets what the search did not report
+    (test metrics, a file of the test trial's checkpoint), its tags and an updated note; another
+    run gets nothing; the parent's summary is written again with the test numbers; a second call
+    (a --resume reading the same test trials) logs nothing twice."""
+    from orchestrator.tracking import Tested
+
+    tracker = _tracker(tmp_path)
+    for trial_id in ("t0", "t1"):  # the same val_acc: t0 is the best (ties go to the lower trial id)
+        trial = TrialView(trial_id, {"depth": 2})
+        _feed(tracker, trial, 2, done=True, test_metric=False)
+        trial.last_result = {**trial.last_result, "weights_digest": 1.5}
+        tracker.on_trial_complete(0, [], trial)
+    tracker.close()
+    client = mlflow.MlflowClient(mlflow_uri(tmp_path))
+    tested = tracker.runs["t0"]
+    result = {"epoch": 2, "val_acc": 0.2, "test_acc": 0.61, "auroc/msp": 0.8, "weights_digest": 1.5, FINAL_KEY: 1,
+              "training_iteration": 2}
+    test = Tested(result, _checkpoint(tmp_path / "ckpt"), same_weights=True)
+    tracker.add_tests({tested: test})
+    tracker.summarise()
+    tracker.add_tests({tested: test})
+
+    run = client.get_run(tested)
+    assert run.data.metrics["test_acc"] == 0.61 and run.data.metrics["auroc/msp"] == 0.8
+    assert run.data.metrics["val_acc"] == pytest.approx(0.2)  # the search's own value stays
+    assert [m.step for m in client.get_metric_history(tested, "test_acc")] == [0]  # once
+    assert run.data.tags["tested"] == "true" and run.data.tags["test_retrain_same_weights"] == "true"
+    assert "test_acc 0.61" in run.data.tags["mlflow.note.content"]
+    assert "summary.json" in {a.path for a in client.list_artifacts(tested)}
+    other = client.get_run(tracker.runs["t1"])
+    assert "tested" not in other.data.tags and not any(k.startswith("test_") for k in other.data.metrics)
+    parent = client.get_run(tracker.parent_id)
+    assert parent.data.metrics["best_trial_test_acc"] == 0.61

@@ -398,22 +398,22 @@ class MlflowTracker(tune.Callback):
             reported = {k: float(v) for k, v in test.metrics.items() if k not in SKIPPED_KEYS
                         and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
             new = {k: v for k, v in to_log(reported).items() if k not in run.data.metrics}
-            tags = {"tested": "true", **({"test_retrain_same_weights": str(test.same_weights).lower()}
-                                         if test.same_weights is not None else {})}
-            self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in new.items()],
-                                  tags=[RunTag(k, v) for k, v in tags.items()])
+            self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in new.items()])
             trial_id = by_run.get(run_id, run.data.tags.get("trial_id", run_id))
             name = self.names.get(trial_id, run.info.run_name or trial_id)
             self._log_checkpoint(run_id, TrialView(trial_id, {}, dict(test.metrics), test.checkpoint), with_model=False)
             self._log_file_figures(run_id, trial_id, name)
-            if not self.history.get(trial_id):
-                continue
-            self.history[trial_id][-1].update(new)
-            results = {**{k: v for k, v in self.history[trial_id][-1].items() if k.startswith("test_")},
-                       **summary(self.history[trial_id], self.metric, self.mode)}
-            note = notes.child_note(name, trial_id, self.outcome.get(trial_id, "finished"), self.parent_name,
-                                    self.experiment_id, self.parent_id, self.study_text, results)
-            self.client.set_tag(run_id, "mlflow.note.content", note)
+            tags = {"tested": "true", **({"test_retrain_same_weights": str(test.same_weights).lower()}
+                                         if test.same_weights is not None else {})}
+            if self.history.get(trial_id):
+                self.history[trial_id][-1].update(new)
+                results = {**{k: v for k, v in self.history[trial_id][-1].items() if k.startswith("test_")},
+                           **summary(self.history[trial_id], self.metric, self.mode)}
+                tags["mlflow.note.content"] = notes.child_note(
+                    name, trial_id, self.outcome.get(trial_id, "finished"), self.parent_name, self.experiment_id,
+                    self.parent_id, self.study_text, results)
+            # `tested` last: a driver killed before it logs this run again on --resume
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def summarise(self) -> None:
         """The parent's summary, comparison table, description and saved view, written again."""
