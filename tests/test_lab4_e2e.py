@@ -57,6 +57,8 @@ def test_study_runs_as_a_tune_study_logged_to_mlflow(ray_local, tmp_path, monkey
     assert len(tested) == (1 if study == "classifier" else 2)
     for name in metrics:
         assert (children if name.startswith("val_") else tested)[f"metrics.{name}"].notna().all(), name
+    untested = children[children["tags.tested"] != "true"]
+    assert not untested.filter(like="metrics.test_").notna().any().any()  # the search never tested
     client = mlflow.MlflowClient(mlflow_uri(tmp_path))
     post_hoc = study in ("ood", "fgsm", "targeted")
     for run_id in children.run_id:
