@@ -183,6 +183,18 @@ def test_the_ood_comparison_shows_every_score_against_every_set_from_each_sets_s
     assert len(fig.axes[1].get_legend().get_texts()) == 2  # one marker per set in the search panel
 
 
+def test_the_ood_search_panel_shows_trials_that_were_never_tested():
+    """Test once: only each set's selected trial has test curves; the search panel still shows every
+    trial's validation AUROC at its sampled temperature (the heat map, the tested ones only)."""
+    rows = _rows("ood")
+    untested = {"trial_id": "u0", "run_id": None, "params": {"ood_set": "noise", "temperature": 10.0, "odin_eps": 0.001},
+                "metrics": {"val_auroc": 0.7}, "files": {}}
+    fig = lab4_plots.ood_compare([*rows, untested])
+    drawn = sum(len(c.get_offsets()) for c in fig.axes[1].collections)
+    assert drawn == len(rows) + 1
+    assert lab4_plots.ood_compare([untested]) is None  # nothing tested: no heat map to draw
+
+
 @pytest.mark.parametrize("study", ["ood", "fgsm", "adv-train", "targeted"])
 def test_the_study_target_metric_is_in_every_report(study):
     # Tune rejects a result without the search metric, so it cannot wait for the final evaluation.

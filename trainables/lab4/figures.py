@@ -152,14 +152,26 @@ def _selected(rows: Rows, metric: str) -> Mapping[str, Any]:
     return min(rows, key=lambda r: (-r["metrics"][metric], str(r.get("trial_id", ""))))
 
 
+def _knob(row: Mapping[str, Any], name: str) -> Any:
+    """A trial's value of `name`: sampled, else as its test curves record it (pinned), else NaN."""
+    if name in row.get("params", {}):
+        return row["params"][name]
+    return row.get("files", {}).get("ood_curves.json", {}).get(name, np.nan)
+
+
 def ood_compare(rows: Rows) -> Figure | None:
     """Left: test AUROC of every score (rows) against every OOD set (columns), each set's trial
     selected on validation AUROC: the lab's scores x sets table at a glance.
     Right: validation AUROC of the searched score vs temperature, one marker per OOD set, coloured
-    by ODIN's eps (the search inside each set)."""
+    by ODIN's eps (the search inside each set): every trial, also those never tested (test once:
+    only a tested trial has the test curves, `ood_curves.json`)."""
     scored = [r for r in rows if "val_auroc" in r["metrics"] and "ood_curves.json" in r.get("files", {})]
     if not scored:
         return None
+    searched: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if "val_auroc" in r["metrics"]:
+            searched.setdefault(str(_knob(r, "ood_set")), []).append(r)
     by_set: dict[str, list[Mapping[str, Any]]] = {}
     for r in scored:
         by_set.setdefault(str(r["files"]["ood_curves.json"]["ood_set"]), []).append(r)
@@ -177,11 +189,10 @@ def ood_compare(rows: Rows) -> Figure | None:
              xlabel="OOD set", title="test AUROC (each set's selected trial)")
     fig.colorbar(image, ax=heat, fraction=0.08)
     markers = "osD^v<>"
-    for k, s in enumerate(sets):
-        files = [r["files"]["ood_curves.json"] for r in by_set[s]]
-        points = search.scatter([f.get("temperature", np.nan) for f in files],
-                                [r["metrics"]["val_auroc"] for r in by_set[s]],
-                                c=[f.get("odin_eps", np.nan) for f in files], cmap="viridis", vmin=0.0, vmax=0.004,
+    for k, s in enumerate(sorted(searched)):
+        points = search.scatter([_knob(r, "temperature") for r in searched[s]],
+                                [r["metrics"]["val_auroc"] for r in searched[s]],
+                                c=[_knob(r, "odin_eps") for r in searched[s]], cmap="viridis", vmin=0.0, vmax=0.004,
                                 marker=markers[k % len(markers)], edgecolors="k", linewidths=0.4, label=s)
     fig.colorbar(points, ax=search, label="odin_eps (pixel units)")
     search.set(xscale="log", xlabel="temperature", ylabel=f"validation AUROC ({best[sets[0]].get('score', '?')})",
