@@ -314,16 +314,20 @@ def test_trials_survive_killed_processes_and_lost_nodes(cluster, tmp_path, monke
     assert spy.fastest >= PACE, spy.fastest  # the pacing reached the trials, on every node
     assert len(kills) >= 3, f"only {len(kills)} kills: {kills}"
 
-    # Unlimited retries: every trial ran to its last epoch, and is one finished run.
-    assert sorted(spy.last.values()) == [CLUSTER_EPOCHS] * CLUSTER_TRIALS, (spy.last, kills)
+    # Unlimited retries: every trial ran to its last epoch, the search's (one finished run each) and
+    # the test phase's (each cell's selected trial trained again: 4 trials in 4 cells, all tested).
     children = runs(tmp_path, "lab1")
     children = children[children["tags.mlflow.parentRunId"].notna()]
     assert len(children) == CLUSTER_TRIALS and set(children.status) == {"FINISHED"}
     assert (children["tags.status"] == "finished").all()
-    # Each killed trial was retried (its run says so) and went on from a checkpoint, not epoch 1.
+    assert (children["tags.tested"] == "true").all()
+    search = set(children["tags.trial_id"])
+    assert search <= set(spy.last) and sorted(spy.last.values()) == [CLUSTER_EPOCHS] * 2 * CLUSTER_TRIALS, \
+        (spy.last, kills)
+    # Each killed trial was retried (a search trial's run says so) and went on from a checkpoint, not epoch 1.
     victims = {trial for _, trial, _ in kills}
     retried = set(children[children["tags.retries"].notna()]["tags.trial_id"])
-    assert victims <= retried, (victims, retried)
+    assert victims & search <= retried, (victims, retried)
     for kind, trial, when in kills:
         after = [it for t, it, _, at in spy.restarts if t == trial and at > when]
         assert after and after[0] > 1, (kind, trial, after, spy.restarts)
