@@ -167,7 +167,7 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
                    help="go on with the newest run of LAB under --storage (with --study: the newest that had it): "
                         "the study it was in, failed trials retried, then the studies that never started; "
                         "its saved settings are used, finished trials are not rerun")
-    p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+    p.add_argument("--quiet", action="store_true", help="no Tune progress table, no trial-process output (it stays in Ray's logs)")
     p.add_argument("--smoke", action="store_true",
                    help="before a long run: each chosen study of the profile for 2 trials of 1 epoch on a few hundred "
                         "images, then one line per study saying whether data, model, loop, logging and report work "

@@ -535,7 +535,7 @@ def run_planned(planned: list[Planned], opts: RunOptions, *, callbacks: Sequence
     server = ensure_server(uri, opts.launch)
     outcomes: list[Outcome] = []
     try:
-        ray_mode = connect_ray(opts.ray_address)
+        ray_mode = connect_ray(opts.ray_address, worker_logs=not opts.quiet)
         # [cluster #13] each study's trial checked against the nodes up and those the autoscaler can add
         shapes = placement.prepare(planned, opts, ray_mode)
         if opts.resume is not None:

@@ -51,19 +51,22 @@ def _train_env() -> dict[str, str]:
 
 
 def connect_ray(address: str | None = None, num_cpus: int | None = None,
-                object_store_mb: int = 1024) -> str:
+                object_store_mb: int = 1024, worker_logs: bool = True) -> str:
     """Joins a running cluster (explicit address, RAY_ADDRESS, or one detected on this machine);
     otherwise, or with address "local", starts a private local Ray. Returns "cluster" or "local"
-    (a tag of the parent run)."""
+    (a tag of the parent run). `worker_logs`: the trial processes' output on this console (off with
+    --quiet: it stays in Ray's session logs; Ray's own worker shutdown can print an "Exception ignored"
+    traceback there when a reused trial process gets SIGTERM at the end of an experiment)."""
     if ray.is_initialized():  # tests and notebooks that started Ray themselves
         return "existing"
     # [cluster #13] "local" forces a private Ray: never RAY_ADDRESS or a `ray start` cluster here
     address = None if address == "local" else address or os.environ.get("RAY_ADDRESS") or _live_cluster_address()
     if address:  # the cluster's processes exist already: the job's runtime env carries the setting
-        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": _train_env()})
+        ray.init(address=address, log_to_driver=worker_logs, runtime_env={"env_vars": _train_env()})
         return "cluster"
     os.environ.update(_train_env())  # inherited by the local raylet and every worker it starts
-    ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_mb * 2**20, log_to_driver=True)
+    ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_mb * 2**20,
+             log_to_driver=worker_logs)
     return "local"
 
 

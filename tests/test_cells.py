@@ -196,3 +196,21 @@ def test_each_finding_compares_two_levels_the_cells_have(study):
         levels = [c.get(f.factor) for c in study.cells]
         assert f.treatment in levels and f.control in levels and f.treatment != f.control
         assert f.metric == f"best_{study.metric}"  # the selection metric at each trial's best epoch
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_keeps_the_trial_processes_output_off_the_console(monkeypatch, quiet):
+    """--quiet: no trial-process output forwarded to the driver (Ray's worker shutdown noise
+    included); it stays in Ray's session logs. Without --quiet it is forwarded, as before."""
+    import ray
+
+    from orchestrator import tuning
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(tuning, "_live_cluster_address", lambda: None)
+    monkeypatch.setattr(tuning, "_train_env", lambda: {})  # this process's environment stays as it is
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert tuning.connect_ray("local", worker_logs=not quiet) == "local"
+    assert seen["log_to_driver"] is (not quiet)
