@@ -174,9 +174,9 @@ def main(argv: Sequence[str] | None = None) -> Verdict:
     torch.set_num_threads(args.cpus)
     epochs = calibrate(args.seconds or (5.0 if args.quick else 30.0))
     # Set before ray.init, as orchestrator.tuning.connect_ray does: the Train controller inherits it.
-    from orchestrator.tuning import TRAIN_ENV
+    from orchestrator.tuning import WORKER_ENV
 
-    os.environ.update(TRAIN_ENV)
+    os.environ.update(WORKER_ENV)
     if args.train_poll:
         os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(args.train_poll)
     ray_s = start_ray()

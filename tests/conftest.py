@@ -7,10 +7,15 @@ from typing import Any, Sequence
 
 import pytest
 
+from orchestrator.tuning import worker_env
+
 # Fail fast instead of retrying worker start-up forever on a starved 2-core machine.
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+# Every Ray a test starts (ray_local, the simulated clusters) runs its workers as run.py's own does: at
+# Ray's default nice 15 a trial starves beside any other job on the machine (orchestrator.tuning).
+os.environ.update(worker_env())
 
 
 @pytest.fixture

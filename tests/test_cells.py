@@ -210,7 +210,7 @@ def test_quiet_keeps_the_trial_processes_output_off_the_console(monkeypatch, qui
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
     monkeypatch.setattr(tuning, "_live_cluster_address", lambda: None)
-    monkeypatch.setattr(tuning, "_train_env", lambda: {})  # this process's environment stays as it is
+    monkeypatch.setattr(tuning, "worker_env", lambda: {})  # this process's environment stays as it is
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert tuning.connect_ray("local", worker_logs=not quiet) == "local"
     assert seen["log_to_driver"] is (not quiet)
