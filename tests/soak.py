@@ -1,13 +1,16 @@
 """Flakiness soak: the end-to-end tests (`-m slow`) N runs in a row beside a CPU-bound job.
 
-    .venv/bin/python tests/soak.py --runs 5 --out /tmp/soak            # burner on every core
-    .venv/bin/python tests/soak.py --runs 2 --burn 0 --out /tmp/soak   # when CI already runs beside it
-    .venv/bin/python tests/soak.py --summary --out /tmp/soak           # tally what is there
+    .venv/bin/python tests/soak.py --runs 5                  # a busy loop on every core beside it
+    .venv/bin/python tests/soak.py --runs 2 --burn 0         # when CI already runs beside it
+    .venv/bin/python tests/soak.py --runs 3 --streams 2 --burn 0   # two halves, each the other's load
+    .venv/bin/python tests/soak.py --summary                 # tally what is there
 
 Why a script and not a test: one run takes most of an hour on a 2-core machine, so the check is
 done by hand before a change to timing-sensitive code lands, not in CI. Each run leaves a JUnit
-file named after the commit it tested; the tally counts only runs of one commit (the last one that
-changed the code), so runs from several sittings add up, and a change of code starts the count again.
+file named after the commit it tested (one per stream); the tally counts only runs of one commit
+(the last one that changed the code), so runs from several sittings add up, and a change of code
+starts the count again. The JUnit files in `soak/` are committed: sittings on other machines add up
+too, and the count a note claims can be checked.
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ def _burn() -> None:  # pragma: no cover - runs in a child process until termina
 
 # What the tally is keyed on: the last commit that changed anything the tests run (a change of the
 # README or of this script keeps the count going).
-_CODE = [".", ":!README.md", ":!docs", ":!tests/soak.py", ":!.gitignore"]
+_CODE = [".", ":!README.md", ":!docs", ":!tests/soak.py", ":!.gitignore", ":!soak",
+         ":!tests/test_soak.py"]
 
 
 def _commit() -> str:
@@ -44,26 +48,58 @@ def _commit() -> str:
     return git("log", "-1", "--format=%h", "--", *_CODE) + ("-dirty" if dirty else "")
 
 
-def _run_once(out: Path, commit: str, pytest_args: list[str], burn: int) -> int:
+def _split(pytest_args: list[str], streams: int, out: Path) -> list[list[str]]:
+    """The slow test files in `streams` shares of about equal time, timed by the newest JUnit
+    files in `out`."""
+    listed = subprocess.run([sys.executable, "-m", "pytest", "-m", "slow", "--collect-only", "-q",
+                             "-p", "no:cacheprovider", *pytest_args], cwd=REPO, text=True,
+                            capture_output=True).stdout
+    files = sorted({line.split("::")[0] for line in listed.splitlines() if "::" in line})
+    seconds: dict[str, float] = {}
+    for xml in sorted(out.glob("*.xml"), key=lambda x: x.name.split(".")[1]):  # by stamp: newest wins
+        per_file: dict[str, float] = defaultdict(float)
+        for case in ET.parse(xml).iter("testcase"):
+            per_file[case.get("classname", "").replace(".", "/") + ".py"] += float(case.get("time", 0))
+        seconds.update(per_file)
+    return balance(files, seconds, streams)
+
+
+def balance(files: list[str], seconds: dict[str, float], streams: int) -> list[list[str]]:
+    """Longest file first onto the share with the least time so far; a file never timed counts 60 s."""
+    totals: list[float] = [0.0] * streams
+    shares: list[list[str]] = [[] for _ in range(streams)]
+    for file in sorted(files, key=lambda f: (-seconds.get(f, 60.0), f)):
+        i = totals.index(min(totals))
+        totals[i] += seconds.get(file, 60.0)
+        shares[i].append(file)
+    return [share for share in shares if share]
+
+
+def _run_once(out: Path, commit: str, pytest_args: list[str], burn: int, streams: int) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    xml = out / f"{commit}.{stamp}.xml"
-    basetemp = out / f"tmp-{stamp}"
+    shares = _split(pytest_args, streams, out) if streams > 1 else [pytest_args]
     burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(burn)]
     for p in burners:
         p.start()
     started = time.monotonic()
+    procs = []
+    for i, share in enumerate(shares):
+        tag = stamp if len(shares) == 1 else f"{stamp}-{i}"
+        xml, basetemp = out / f"{commit}.{tag}.xml", out / f"tmp-{tag}"
+        procs.append((xml, basetemp, subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-m", "slow", "-q", "-p", "no:cacheprovider",
+             f"--basetemp={basetemp}", f"--junitxml={xml}", *share], cwd=REPO)))
     try:
-        rc = subprocess.call([sys.executable, "-m", "pytest", "-m", "slow", "-q", "-p", "no:cacheprovider",
-                              f"--basetemp={basetemp}", f"--junitxml={xml}", *pytest_args],
-                             cwd=REPO)
+        codes = [proc.wait() for _, _, proc in procs]
     finally:
         for p in burners:
             p.terminate()
-    if rc == 0:  # a failed run keeps its folders (logs, results, mlflow.db) to read
-        shutil.rmtree(basetemp, ignore_errors=True)
-    print(f"soak: run at {stamp} ({commit}, {burn} burner(s)) rc={rc} in "
-          f"{(time.monotonic() - started) / 60:.1f} min -> {xml}", flush=True)
-    return rc
+    for (xml, basetemp, _), rc in zip(procs, codes):
+        if rc == 0:  # a failed run keeps its folders (logs, results, mlflow.db) to read
+            shutil.rmtree(basetemp, ignore_errors=True)
+        print(f"soak: run {xml.stem} ({burn} burner(s), {len(shares)} stream(s)) rc={rc} in "
+              f"{(time.monotonic() - started) / 60:.1f} min -> {xml}", flush=True)
+    return max(codes)
 
 
 def _outcomes(xml: Path) -> dict[str, str]:
@@ -97,7 +133,7 @@ def summary(out: Path, commit: str) -> int:
     skipped = sorted(set(failed) - ran)
     tests = sorted(ran)
     fewest = min((streak[t] for t in tests), default=0)
-    print(f"soak: {len(runs)} run(s) of {commit}; {len(tests)} tests; every test passed the last "
+    print(f"soak: {len(runs)} JUnit file(s) of {commit}; {len(tests)} tests; every test passed the last "
           f"{fewest} run(s) in a row")
     for test in tests:
         if failed[test] or streak[test] == fewest:
@@ -112,15 +148,20 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--burn", type=int, default=os.cpu_count() or 1,
                     help="CPU-bound processes beside the tests (default: one per core)")
+    ap.add_argument("--streams", type=int, default=1,
+                    help="pytest processes side by side, each on a share of the slow test files: "
+                         "each is the others' CPU-bound job (use with --burn 0)")
     ap.add_argument("--out", type=Path, default=REPO / "soak")
     ap.add_argument("--summary", action="store_true", help="only tally the runs already in --out")
-    ap.add_argument("pytest_args", nargs="*", help="after --: passed to pytest (e.g. a test file)")
+    ap.add_argument("pytest_args", nargs="*",
+                    help="after --: passed to pytest (e.g. a test file); with --streams, they choose "
+                         "the tests, which are then shared out by file")
     opts = ap.parse_args()
     opts.out.mkdir(parents=True, exist_ok=True)
     commit = _commit()
     if not opts.summary:
         for _ in range(opts.runs):
-            _run_once(opts.out, commit, opts.pytest_args, opts.burn)
+            _run_once(opts.out, commit, opts.pytest_args, opts.burn, opts.streams)
     return summary(opts.out, commit)
 
 
