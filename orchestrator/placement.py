@@ -8,7 +8,9 @@ So a trial is checked against both, before any MLflow run exists:
 - it fits a node that is up: go;
 - it fits a node type the autoscaler can launch: ask for that node (`request_resources`) and wait,
   one updating line, at most `--wait-for-nodes` seconds;
-- it fits neither: one line, exit 2.
+- it fits neither: one line, exit 2;
+- a Ray Train trial fits the nodes only if Ray happens to put its driver on the right one, and no
+  autoscaler can add a node otherwise: one line, exit 2 (it would wait forever on the wrong one).
 
 Where the node types come from, most authoritative first (`read_cluster`):
 1. the GCS's cluster config (`ray._private.state.state.get_cluster_config()`), when an autoscaler
@@ -30,7 +32,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TextIO
 
@@ -129,7 +131,7 @@ def _pack(bundles: list[dict[str, float]], bins: list[Mapping[str, float]]) -> b
     free = [dict(b) for b in bins]
     for bundle in sorted(bundles, key=lambda b: (-b.get("GPU", 0), -b.get("CPU", 0))):
         for room in free:
-            if all(room.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items()):
+            if _fits(bundle, room):
                 for k, v in bundle.items():
                     room[k] = room.get(k, 0.0) - v
                 break
@@ -138,16 +140,39 @@ def _pack(bundles: list[dict[str, float]], bins: list[Mapping[str, float]]) -> b
     return True
 
 
-NOW, LATER, MAYBE, NEVER = "now", "later", "maybe", "never"
+def _fits(bundle: Mapping[str, float], room: Mapping[str, float]) -> bool:
+    return all(room.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())
+
+
+def _wherever_the_driver_lands(shape: TrialShape, nodes: list[Mapping[str, float]]) -> bool:
+    """Whether a Ray Train trial's workers fit whichever node its driver is put on. Tune places the
+    driver first, on a node Ray picks (the least used one, measured: a worker node as soon as the
+    head holds anything), and Train asks for the workers only then: on a node left with 1.75 of its
+    2 CPUs, a 2-CPU worker never fits, and Train waits for it forever (it retries its worker group
+    every RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, without limit)."""
+    driver, *workers = shape.bundles()
+    landings = [i for i, n in enumerate(nodes) if _fits(driver, n)]
+    return bool(landings) and all(
+        _pack(workers, [{k: v - driver.get(k, 0.0) for k, v in n.items()} if j == i else n
+                        for j, n in enumerate(nodes)])
+        for i in landings)
+
+
+NOW, LATER, MAYBE, NEVER, BY_CHANCE = "now", "later", "maybe", "never", "by chance"
 
 
 def verdict(shape: TrialShape, cluster: Cluster) -> str:
     """NOW: fits the nodes that are up. LATER: fits once the autoscaler adds nodes of known types.
     MAYBE: only node types whose resources Ray detects at start could hold it, and not all of them
-    are up yet. NEVER: nothing this cluster has or can launch holds it."""
+    are up yet. NEVER: nothing this cluster has or can launch holds it. BY_CHANCE: the nodes hold a
+    Ray Train trial only if Ray puts its driver on the right one, and no autoscaler can add a node
+    for the workers otherwise."""
     bundles = shape.bundles()
     if _pack(bundles, list(cluster.nodes)):
-        return NOW
+        can_grow = any(t.max_workers > 0 for t in cluster.node_types) and len(cluster.nodes) - 1 < cluster.max_workers
+        if not shape.ray_train or can_grow or _wherever_the_driver_lands(shape, list(cluster.nodes)):
+            return NOW
+        return BY_CHANCE
     known = [t for t in cluster.node_types if t.resources and t.max_workers > 0]
     extra = [t.resources for t in known for _ in range(min(t.max_workers, cluster.max_workers, len(bundles)))]
     if _pack(bundles, list(cluster.nodes) + extra):
@@ -163,7 +188,21 @@ def check(shape: TrialShape, cluster: Cluster) -> str:
     if v == NEVER:
         raise UsageError(f"a trial needs {shape.describe()}, which no node can hold: {cluster.describe()}; "
                          f"lower --cpus-per-trial, --gpus-per-trial or --workers-per-trial")
+    if v == BY_CHANCE:
+        raise UsageError(f"a trial needs {shape.describe()}, which {cluster.describe()} hold only if Ray puts the "
+                         f"driver on the right node (on another, its workers would wait forever); "
+                         f"{_safer_cpus(shape, cluster)}")
     return v
+
+
+def _safer_cpus(shape: TrialShape, cluster: Cluster) -> str:
+    """The advice of a BY_CHANCE refusal: the largest --cpus-per-trial (in quarters) that fits wherever
+    the driver lands, if one does."""
+    for quarters in range(int(shape.cpus * 4 - 1e-9), 0, -1):
+        fewer = replace(shape, cpus=quarters / 4)
+        if _wherever_the_driver_lands(fewer, list(cluster.nodes)):
+            return f"--cpus-per-trial {fewer.cpus:g} fits wherever it lands"
+    return "no --cpus-per-trial (in quarters) fits wherever it lands"
 
 
 # ---------------------------------------------------------------------------------------- reading it

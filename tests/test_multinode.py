@@ -70,11 +70,24 @@ def test_fractional_gpu_trials_pack_on_the_gpu_node(cluster, tmp_path, monkeypat
 
 
 def test_ddp_trial_spans_two_nodes(cluster, tmp_path, monkeypatch):
-    # 2 CPUs per worker: the head (3 CPUs, 0.25 held by the trial) and the worker node fit one each.
+    # 1.75 CPUs per worker: whichever node Ray puts the trial's 0.25-CPU driver on (the head of 3 CPUs
+    # or the worker node of 2), each node still holds one worker and neither holds two.
     monkeypatch.chdir(tmp_path)
     rc = run_cli(tmp_path, "lab1", "--study", "residual-mlp", "--num-samples", "1", "--workers-per-trial", "2",
-                 "--cpus-per-trial", "2", "--gpus-per-trial", "0", "--set", "epochs=2", "depth=2")
+                 "--cpus-per-trial", "1.75", "--gpus-per-trial", "0", "--set", "epochs=2", "depth=2")
     assert rc == 0
     assert len(_nodes_of("RayTrainWorker")) == 2
     child = child_runs(tmp_path, "lab1").iloc[0]
     assert child.status == "FINISHED" and child["tags.world_size"] == "2" and child["tags.replicas_in_sync"] == "1"
+
+
+def test_a_ddp_trial_that_fits_only_by_chance_is_refused(cluster, tmp_path, monkeypatch, capsys):
+    """2 CPUs per worker fit only with the driver on the head: on the worker node it leaves 1.75 CPUs,
+    and Train would wait for its second worker forever (a CI run hung so in its test phase)."""
+    monkeypatch.chdir(tmp_path)
+    rc = run_cli(tmp_path, "lab1", "--study", "residual-mlp", "--num-samples", "1", "--workers-per-trial", "2",
+                 "--cpus-per-trial", "2", "--gpus-per-trial", "0")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "only if Ray puts the driver on the right node" in err[0] and "--cpus-per-trial 1.75" in err[0]
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()

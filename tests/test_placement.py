@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator import placement
 from orchestrator.cli import UsageError
-from orchestrator.placement import (LATER, MAYBE, NEVER, NOW, Cluster, NodesUnavailable, NodeType, TrialShape,
+from orchestrator.placement import (BY_CHANCE, LATER, MAYBE, NEVER, NOW, Cluster, NodesUnavailable, NodeType, TrialShape,
                                     Waiter, default_gpus, node_types_of, verdict, wait_for_nodes)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,10 +58,53 @@ def test_shipped_shape_fits_only_after_scale_up():
 
 def test_without_an_autoscaler_only_the_nodes_count():
     nodes = Cluster(({"CPU": 3.0}, {"CPU": 2.0, "GPU": 2.0}))
-    assert verdict(shape(2, workers=2), nodes) == NOW             # one worker per node (test_multinode)
+    assert verdict(shape(1.75, workers=2), nodes) == NOW          # one worker per node (test_multinode)
     assert verdict(shape(3, workers=2), nodes) == NEVER
     with pytest.raises(UsageError, match="a trial needs 4 CPU, which no node can hold: 2 node"):
         placement.check(shape(4), nodes)
+
+
+def test_a_ddp_trial_that_fits_only_if_ray_puts_its_driver_right_is_refused():
+    """Ray places the 0.25-CPU driver first, on the least used node: on the 2-CPU node, a 2-CPU worker
+    no longer fits there and the other node holds one, so Train would wait forever (CI, stop 25)."""
+    nodes = Cluster(({"CPU": 3.0}, {"CPU": 2.0, "GPU": 2.0}))
+    assert verdict(shape(2, workers=2), nodes) == BY_CHANCE
+    with pytest.raises(UsageError, match=r"^a trial needs 2 worker\(s\) x \(2 CPU\) \+ 0.25 CPU for its driver, "
+                                         r"which 2 node\(s\) up \(5 CPU, 2 GPU\) hold only if Ray puts the driver "
+                                         r"on the right node .*; --cpus-per-trial 1.75 fits wherever it lands$"):
+        placement.check(shape(2, workers=2), nodes)
+    assert verdict(shape(1.5, workers=2), Cluster(({"CPU": 4.0},))) == NOW   # one node: nowhere else to land
+    assert verdict(shape(2, workers=1, ray_train=True), nodes) == NOW        # 3 - 0.25 still holds one worker
+    assert verdict(shape(2), nodes) == NOW                                    # no driver without Ray Train
+    growing = Cluster(nodes.nodes, (NodeType("cpu", {"CPU": 2.0}, 2),), 2, "test")
+    assert verdict(shape(2, workers=2), growing) == NOW  # a node is added for the worker that did not fit
+    # The one GPU is on a node with a quarter of a CPU: the driver may take it.
+    with pytest.raises(UsageError, match=r"; no --cpus-per-trial \(in quarters\) fits wherever it lands$"):
+        placement.check(shape(0.25, 1, workers=1, ray_train=True), Cluster(({"CPU": 0.25, "GPU": 1.0}, {"CPU": 1.0})))
+
+
+def _room(bundle, node):
+    """How many copies of `bundle` a node holds (identical bundles: first fit is exact)."""
+    return min(int(node.get(k, 0.0) / v + 1e-9) for k, v in bundle.items())
+
+
+@given(st.lists(st.tuples(st.sampled_from([1.0, 2.0, 3.0, 4.0, 8.0]), st.sampled_from([0.0, 1.0, 2.0])),
+                min_size=1, max_size=4),
+       st.sampled_from([0.25, 0.5, 1.0, 1.75, 2.0, 3.0]), st.sampled_from([0.0, 1.0]), st.integers(1, 4))
+@settings(max_examples=300, deadline=None, database=None)
+def test_now_means_the_workers_fit_wherever_ray_puts_the_driver(nodes, cpus, gpus, workers):
+    """Against a brute-force oracle: the driver on each node that holds it, then the workers counted
+    node by node."""
+    nodes = tuple({"CPU": c, **({"GPU": g} if g else {})} for c, g in nodes)
+    s = shape(cpus, gpus, workers, ray_train=True)
+    driver, worker = s.bundles()[0], s.bundles()[1]
+    outcomes = []
+    for i, node in enumerate(nodes):
+        if _room(driver, node) >= 1:
+            rest = [{k: v - (driver.get(k, 0.0) if j == i else 0.0) for k, v in n.items()} for j, n in enumerate(nodes)]
+            outcomes.append(sum(_room(worker, n) for n in rest) >= workers)
+    expected = NOW if outcomes and all(outcomes) else BY_CHANCE if any(outcomes) else NEVER
+    assert verdict(s, Cluster(nodes)) == expected
 
 
 def test_local_provider_types_are_detected_at_start():
